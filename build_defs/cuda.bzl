@@ -8,22 +8,22 @@ code guards its CUDA paths with `#if SIGMATUNE_WITH_CUDA` (defined by @local_cud
 
 load("@local_cuda//:defs.bzl", "CUDA_ARCHS", "CUDA_ENABLED", "NVCC")
 
+def _flags(compilation_contexts, field, prefix):
+    out = []
+    for c in compilation_contexts:
+        for value in getattr(c, field).to_list():
+            out.extend([prefix, value] if prefix == "-isystem" else [prefix + value])
+    return out
+
 def _nvcc_compile_impl(ctx):
     compilation_contexts = [d[CcInfo].compilation_context for d in ctx.attr.deps]
     headers = depset(ctx.files.hdrs, transitive = [c.headers for c in compilation_contexts])
 
-    def flags(field, prefix):
-        out = []
-        for c in compilation_contexts:
-            for value in getattr(c, field).to_list():
-                out.extend([prefix, value] if prefix == "-isystem" else [prefix + value])
-        return out
-
     include_flags = (["-I.", "-I" + ctx.genfiles_dir.path] +
-                     flags("quote_includes", "-iquote") +
-                     flags("includes", "-I") +
-                     flags("system_includes", "-isystem"))
-    define_flags = flags("defines", "-D")
+                     _flags(compilation_contexts, "quote_includes", "-I") +
+                     _flags(compilation_contexts, "includes", "-I") +
+                     _flags(compilation_contexts, "system_includes", "-isystem"))
+    define_flags = _flags(compilation_contexts, "defines", "-D")
     gencode = []
     for arch in CUDA_ARCHS:
         gencode.append("-gencode=arch=compute_%s,code=sm_%s" % (arch, arch))
