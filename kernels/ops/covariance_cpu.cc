@@ -1,0 +1,70 @@
+#include <cblas.h>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/base/status_macros.h"
+#include "kernels/ops/blas_layout.h"
+#include "kernels/ops/covariance.h"
+
+namespace sigmatune::kernels {
+
+absl::Status CheckCovariance(const Tensor& x, const Tensor& c) {
+  if (!x.defined() || x.rank() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("covariance input X must be a [tokens, n] matrix, got ",
+                                                   x.DebugString()));
+  }
+  const int64_t n = x.dim(1);
+  if (c.dtype() != DType::kF32 && c.dtype() != DType::kF64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("covariance accumulator C must be f32 or f64, got ", c.DebugString()));
+  }
+  ST_RETURN_IF_ERROR(ExpectMatrix(c, n, n, c.dtype(), "covariance accumulator C"));
+  if (!IsFloating(x.dtype()) || (x.dtype() == DType::kF64 && c.dtype() == DType::kF32)) {
+    return absl::InvalidArgumentError(absl::StrCat("covariance input X of dtype ", DTypeName(x.dtype()),
+                                                   " cannot accumulate into a ", DTypeName(c.dtype()), " C"));
+  }
+  ST_ASSIGN_OR_RETURN(const RowMajorOperand layout, AsRowMajorOperand(x, "covariance input X"));
+  if (layout.storage != Transpose::kNo) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("covariance input X must be row-major (tokens as rows), got ", x.DebugString()));
+  }
+  return absl::OkStatus();
+}
+
+namespace cpu {
+namespace {
+
+template <typename T>
+void MirrorUpperToLower(T* c, int64_t n) {
+  for (int64_t i = 1; i < n; ++i) {
+    for (int64_t j = 0; j < i; ++j) c[i * n + j] = c[j * n + i];
+  }
+}
+
+}  // namespace
+
+absl::Status AccumulateCovariance(const Tensor& x, double alpha, Tensor* c) {
+  ST_CHECK(c != nullptr);
+  ST_RETURN_IF_ERROR(CheckCovariance(x, *c));
+  if (!x.device().is_cpu() || !c->device().is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu::AccumulateCovariance needs CPU tensors, got ",
+                                                   x.DebugString(), " and ", c->DebugString()));
+  }
+  if (x.dtype() != c->dtype()) return AccumulateCovariance(x.To(c->dtype()), alpha, c);
+  const int64_t tokens = x.dim(0), n = x.dim(1);
+  if (tokens == 0 || n == 0) return absl::OkStatus();
+  ST_ASSIGN_OR_RETURN(const RowMajorOperand layout, AsRowMajorOperand(x, "covariance input X"));
+  // Row-major, upper, transposed: C := alpha * X^T X + C on the upper triangle.
+  if (c->dtype() == DType::kF32) {
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, tokens, static_cast<float>(alpha), x.data<float>(),
+                layout.ld, 1.0f, c->data<float>(), n);
+    MirrorUpperToLower(c->data<float>(), n);
+  } else {
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, tokens, alpha, x.data<double>(), layout.ld, 1.0,
+                c->data<double>(), n);
+    MirrorUpperToLower(c->data<double>(), n);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace cpu
+}  // namespace sigmatune::kernels
