@@ -1,5 +1,7 @@
 #include <cblas.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/ops/blas_layout.h"
@@ -33,10 +35,18 @@ absl::Status CheckCovariance(const Tensor& x, const Tensor& c) {
 namespace cpu {
 namespace {
 
+// Copies the upper triangle onto the lower one in cache-sized tiles (a plain loop reads the
+// upper triangle column-wise, which costs ~10% of a 2048^2 SYRK).
 template <typename T>
 void MirrorUpperToLower(T* c, int64_t n) {
-  for (int64_t i = 1; i < n; ++i) {
-    for (int64_t j = 0; j < i; ++j) c[i * n + j] = c[j * n + i];
+  constexpr int64_t kTile = 64;
+  for (int64_t ib = 0; ib < n; ib += kTile) {
+    for (int64_t jb = 0; jb <= ib; jb += kTile) {
+      const int64_t i_end = std::min(ib + kTile, n), j_end = std::min(jb + kTile, n);
+      for (int64_t i = ib; i < i_end; ++i) {
+        for (int64_t j = jb; j < std::min(j_end, i); ++j) c[i * n + j] = c[j * n + i];
+      }
+    }
   }
 }
 

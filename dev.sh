@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# sigmatune developer entry point.
+#   ./dev.sh setup            install the Debian packages the build needs (idempotent)
+#   ./dev.sh test [targets]   setup, then build everything and run the tests (default //...)
+#   ./dev.sh build [targets]  setup, then build
+#   ./dev.sh bench [filter]   run the CPU benchmarks (bench/README.md)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Counts the gtest cases in the XML reports of the test targets matched by "$@" and prints the
+# closing line "tests: N passed, N failed, N skipped" (a target that did not run counts as failed).
+summarize_tests() {
+  local passed=0 failed=0 skipped=0 target xml
+  while IFS= read -r target; do
+    target="${target#//}"
+    xml="bazel-testlogs/${target/://}/test.xml"
+    if [[ ! -f "$xml" ]]; then
+      failed=$((failed + 1))
+      continue
+    fi
+    local cases fails skips
+    cases=$(grep -o "<testcase " "$xml" | wc -l || true)
+    fails=$(grep -c '<failure' "$xml" || true)
+    skips=$(grep -o "result=\"skipped\"" "$xml" | wc -l || true)
+    passed=$((passed + cases - fails - skips))
+    failed=$((failed + fails))
+    skipped=$((skipped + skips))
+  done < <(bazel query --noshow_progress "tests($*)" 2>/dev/null)
+  echo "tests: ${passed} passed, ${failed} failed, ${skipped} skipped"
+}
+
+command="${1:-test}"
+shift || true
+case "$command" in
+  setup)
+    tools/setup.sh
+    ;;
+  build)
+    tools/setup.sh
+    bazel build "${@:-//...}"
+    ;;
+  test)
+    tools/setup.sh
+    targets=("${@:-//...}")
+    status=0
+    bazel test --keep_going "${targets[@]}" || status=$?
+    summarize_tests "${targets[@]}"
+    exit "$status"
+    ;;
+  bench)
+    tools/setup.sh
+    bazel run //bench:cpu_bench -- --benchmark_filter="${1:-.}"
+    ;;
+  *)
+    sed -n '2,6p' "$0" >&2
+    exit 2
+    ;;
+esac
