@@ -1,27 +1,18 @@
 #include "kernels/testing/random.h"
 
 #include <cmath>
-#include <random>
+
+#include "kernels/base/rng.h"
 
 namespace sigmatune::testing {
 namespace {
 
-double Uniform01(std::mt19937_64& rng) {
-  return static_cast<double>(rng() >> 11) * 0x1p-53;  // [0, 1)
-}
-
-double Normal(std::mt19937_64& rng) {
-  const double u1 = 1.0 - Uniform01(rng);  // (0, 1]
-  const double u2 = Uniform01(rng);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
-}
-
 // Rows x cols matrix (row-major, double) with orthonormal columns (rows >= cols), from
 // modified Gram-Schmidt on Gaussian columns, applied twice for accuracy.
-std::vector<double> RandomOrthonormalColumns(int64_t rows, int64_t cols, std::mt19937_64& rng) {
+std::vector<double> RandomOrthonormalColumns(int64_t rows, int64_t cols, Rng& rng) {
   ST_CHECK_GE(rows, cols);
   std::vector<double> q(rows * cols);
-  for (double& v : q) v = Normal(rng);
+  for (double& v : q) v = rng.Normal();
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t j = 0; j < cols; ++j) {
       for (int64_t k = 0; k < j; ++k) {
@@ -45,23 +36,23 @@ Tensor FromDoubles(const Shape& shape, const std::vector<double>& values, DType 
 }  // namespace
 
 Tensor RandomNormal(const Shape& shape, DType dtype, uint64_t seed) {
-  std::mt19937_64 rng(seed);
+  Rng rng(seed);
   std::vector<double> values(NumElements(shape));
-  for (double& v : values) v = Normal(rng);
+  for (double& v : values) v = rng.Normal();
   return FromDoubles(shape, values, dtype);
 }
 
 Tensor RandomUniform(const Shape& shape, DType dtype, double low, double high, uint64_t seed) {
-  std::mt19937_64 rng(seed);
+  Rng rng(seed);
   std::vector<double> values(NumElements(shape));
-  for (double& v : values) v = low + (high - low) * Uniform01(rng);
+  for (double& v : values) v = low + (high - low) * rng.Uniform01();
   return FromDoubles(shape, values, dtype);
 }
 
 Tensor RandomSmallIntegers(const Shape& shape, DType dtype, int bound, uint64_t seed) {
-  std::mt19937_64 rng(seed);
+  Rng rng(seed);
   std::vector<double> values(NumElements(shape));
-  for (double& v : values) v = static_cast<double>(static_cast<int64_t>(rng() % (2 * bound + 1)) - bound);
+  for (double& v : values) v = static_cast<double>(static_cast<int64_t>(rng.Next() % (2 * bound + 1)) - bound);
   return FromDoubles(shape, values, dtype);
 }
 
@@ -69,7 +60,7 @@ Tensor RandomWithSingularValues(int64_t m, int64_t n, const std::vector<double>&
                                 uint64_t seed) {
   const int64_t k = std::min(m, n);
   ST_CHECK_EQ(static_cast<int64_t>(sigma.size()), k);
-  std::mt19937_64 rng(seed);
+  Rng rng(seed);
   const std::vector<double> u = RandomOrthonormalColumns(m, k, rng);
   const std::vector<double> v = RandomOrthonormalColumns(n, k, rng);
   std::vector<double> a(m * n, 0.0);
@@ -84,7 +75,7 @@ Tensor RandomWithSingularValues(int64_t m, int64_t n, const std::vector<double>&
 
 Tensor RandomSymmetric(int64_t n, const std::vector<double>& lambda, DType dtype, uint64_t seed) {
   ST_CHECK_EQ(static_cast<int64_t>(lambda.size()), n);
-  std::mt19937_64 rng(seed);
+  Rng rng(seed);
   const std::vector<double> q = RandomOrthonormalColumns(n, n, rng);
   std::vector<double> a(n * n, 0.0);
   for (int64_t i = 0; i < n; ++i) {

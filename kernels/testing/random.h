@@ -1,5 +1,5 @@
 // Seeded random tensors for tests and benchmarks. The same seed gives the same values on every
-// machine (std::mt19937_64 with our own Box-Muller / uniform mapping, no std::*_distribution).
+// machine (kernels/base/rng.h).
 #ifndef SIGMATUNE_KERNELS_TESTING_RANDOM_H_
 #define SIGMATUNE_KERNELS_TESTING_RANDOM_H_
 

@@ -1,0 +1,31 @@
+// A Google Benchmark reporter that, after the normal console output, prints for every pair of
+// runs named "<Op>/ours/<args>" and "<Op>/<anchor>/<args>" the ratio of their real times, so a
+// benchmark run shows our wrapper's overhead against the raw library call side by side.
+#ifndef SIGMATUNE_BENCH_RATIO_REPORTER_H_
+#define SIGMATUNE_BENCH_RATIO_REPORTER_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+
+namespace sigmatune::bench {
+
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override;
+  // Prints "op  args  ours  anchor  ratio" rows; call after RunSpecifiedBenchmarks.
+  void PrintRatios() const;
+
+ private:
+  // benchmark name -> real time per iteration (ns).
+  std::map<std::string, double> times_;
+};
+
+// Runs the registered benchmarks with the ratio table at the end. Returns the exit code.
+int RunBenchmarksWithRatios(int argc, char** argv);
+
+}  // namespace sigmatune::bench
+
+#endif  // SIGMATUNE_BENCH_RATIO_REPORTER_H_
