@@ -5,6 +5,7 @@
 #define SIGMATUNE_BENCH_RATIO_REPORTER_H_
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,10 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void PrintRatios() const;
 
  private:
-  // benchmark name -> real time per iteration (ns).
+  // run name (without aggregate suffix) -> real time per iteration, in the benchmark's unit.
   std::map<std::string, double> times_;
+  // run names whose time is a median over repetitions.
+  std::set<std::string> medians_;
 };
 
 // Runs the registered benchmarks with the ratio table at the end. Returns the exit code.

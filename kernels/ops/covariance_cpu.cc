@@ -32,6 +32,15 @@ absl::Status CheckCovariance(const Tensor& x, const Tensor& c) {
   return absl::OkStatus();
 }
 
+absl::Status CheckSymmetrize(const Tensor& c) {
+  if (!c.defined() || c.rank() != 2 || c.dim(0) != c.dim(1) || !c.is_contiguous() ||
+      (c.dtype() != DType::kF32 && c.dtype() != DType::kF64)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("symmetrize needs a contiguous square f32/f64 matrix, got ", c.DebugString()));
+  }
+  return absl::OkStatus();
+}
+
 namespace cpu {
 namespace {
 
@@ -39,7 +48,7 @@ namespace {
 // upper triangle column-wise, which costs ~10% of a 2048^2 SYRK).
 template <typename T>
 void MirrorUpperToLower(T* c, int64_t n) {
-  constexpr int64_t kTile = 64;
+  constexpr int64_t kTile = 16;  // fastest of 16/32/64 at n = 1024 and 2048 on the build VM
   for (int64_t ib = 0; ib < n; ib += kTile) {
     for (int64_t jb = 0; jb <= ib; jb += kTile) {
       const int64_t i_end = std::min(ib + kTile, n), j_end = std::min(jb + kTile, n);
@@ -52,14 +61,14 @@ void MirrorUpperToLower(T* c, int64_t n) {
 
 }  // namespace
 
-absl::Status AccumulateCovariance(const Tensor& x, double alpha, Tensor* c) {
+absl::Status AccumulateCovariance(const Tensor& x, double alpha, Tensor* c, CovarianceFill fill) {
   ST_CHECK(c != nullptr);
   ST_RETURN_IF_ERROR(CheckCovariance(x, *c));
   if (!x.device().is_cpu() || !c->device().is_cpu()) {
     return absl::InvalidArgumentError(absl::StrCat("cpu::AccumulateCovariance needs CPU tensors, got ",
                                                    x.DebugString(), " and ", c->DebugString()));
   }
-  if (x.dtype() != c->dtype()) return AccumulateCovariance(x.To(c->dtype()), alpha, c);
+  if (x.dtype() != c->dtype()) return AccumulateCovariance(x.To(c->dtype()), alpha, c, fill);
   const int64_t tokens = x.dim(0), n = x.dim(1);
   if (tokens == 0 || n == 0) return absl::OkStatus();
   ST_ASSIGN_OR_RETURN(const RowMajorOperand layout, AsRowMajorOperand(x, "covariance input X"));
@@ -67,11 +76,23 @@ absl::Status AccumulateCovariance(const Tensor& x, double alpha, Tensor* c) {
   if (c->dtype() == DType::kF32) {
     cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, tokens, static_cast<float>(alpha), x.data<float>(),
                 layout.ld, 1.0f, c->data<float>(), n);
-    MirrorUpperToLower(c->data<float>(), n);
   } else {
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, tokens, alpha, x.data<double>(), layout.ld, 1.0,
                 c->data<double>(), n);
-    MirrorUpperToLower(c->data<double>(), n);
+  }
+  return fill == CovarianceFill::kFull ? SymmetrizeFromUpper(c) : absl::OkStatus();
+}
+
+absl::Status SymmetrizeFromUpper(Tensor* c) {
+  ST_CHECK(c != nullptr);
+  ST_RETURN_IF_ERROR(CheckSymmetrize(*c));
+  if (!c->device().is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu::SymmetrizeFromUpper needs a CPU tensor, got ", c->DebugString()));
+  }
+  if (c->dtype() == DType::kF32) {
+    MirrorUpperToLower(c->data<float>(), c->dim(0));
+  } else {
+    MirrorUpperToLower(c->data<double>(), c->dim(0));
   }
   return absl::OkStatus();
 }

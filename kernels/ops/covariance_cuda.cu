@@ -42,7 +42,17 @@ __global__ void WidenToDoubleKernel(const In* in, int64_t ld, int64_t rows, int6
 
 }  // namespace
 
-absl::Status AccumulateCovariance(GpuContext& ctx, const Tensor& x, double alpha, Tensor* c) {
+absl::Status SymmetrizeFromUpper(GpuContext& ctx, Tensor* c) {
+  ST_CHECK(c != nullptr);
+  ST_RETURN_IF_ERROR(CheckSymmetrize(*c));
+  ST_RETURN_IF_ERROR(ExpectOnDevice(ctx, *c, "symmetrize matrix C"));
+  if (c->dim(0) == 0) return absl::OkStatus();
+  ST_RETURN_IF_ERROR(ctx.Activate());
+  if (c->dtype() == DType::kF32) return MirrorUpperToLower(ctx, c->data<float>(), c->dim(0));
+  return MirrorUpperToLower(ctx, c->data<double>(), c->dim(0));
+}
+
+absl::Status AccumulateCovariance(GpuContext& ctx, const Tensor& x, double alpha, Tensor* c, CovarianceFill fill) {
   ST_CHECK(c != nullptr);
   ST_RETURN_IF_ERROR(CheckCovariance(x, *c));
   ST_RETURN_IF_ERROR(ExpectOnDevice(ctx, x, "covariance input X"));
@@ -88,14 +98,13 @@ absl::Status AccumulateCovariance(GpuContext& ctx, const Tensor& x, double alpha
     const double beta = 1.0;
     ST_CUBLAS_RETURN_IF_ERROR(cublasDsyrk(ctx.cublas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, in, k, &alpha, xd,
                                           ldd, &beta, c->data<double>(), in));
-    ST_RETURN_IF_ERROR(MirrorUpperToLower(ctx, c->data<double>(), n));
     // `widened` is freed (synchronously) when it goes out of scope, after the queued work.
-    return absl::OkStatus();
+    return fill == CovarianceFill::kFull ? MirrorUpperToLower(ctx, c->data<double>(), n) : absl::OkStatus();
   }
 
   const float alpha32 = static_cast<float>(alpha), beta32 = 1.0f;
   if (half_input) {
-    // Full GEMM M M^T with fp32 accumulation, then mirror for exact symmetry.
+    // Full GEMM M M^T with fp32 accumulation (both triangles; the mirror makes them bit-equal).
     const cudaDataType_t type = x.dtype() == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
     ST_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, in, in, k, &alpha32,
                                            x.raw_data(), type, ld, x.raw_data(), type, ld, &beta32,
@@ -105,7 +114,7 @@ absl::Status AccumulateCovariance(GpuContext& ctx, const Tensor& x, double alpha
     ST_CUBLAS_RETURN_IF_ERROR(cublasSsyrk(ctx.cublas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, in, k, &alpha32,
                                           x.data<float>(), ld, &beta32, c->data<float>(), in));
   }
-  return MirrorUpperToLower(ctx, c->data<float>(), n);
+  return fill == CovarianceFill::kFull ? MirrorUpperToLower(ctx, c->data<float>(), n) : absl::OkStatus();
 }
 
 }  // namespace sigmatune::kernels::cuda

@@ -76,6 +76,22 @@ TEST(CovarianceCpuTest, AccumulatesAcrossCallsAndViews) {
   EXPECT_TRUE(AllClose(from_view, from_copy, Tolerance{0, 0}));
 }
 
+TEST(CovarianceCpuTest, UpperOnlyBatchesThenSymmetrizeEqualsFull) {
+  const Tensor x = RandomNormal({90, 13}, DType::kF64, 24);
+  Tensor full = Tensor::Zeros({13, 13}, DType::kF64);
+  Tensor upper = Tensor::Zeros({13, 13}, DType::kF64);
+  for (int64_t b = 0; b < 90; b += 30) {
+    ASSERT_TRUE(cpu::AccumulateCovariance(x.Slice(0, b, b + 30), 1.0, &full).ok());
+    ASSERT_TRUE(cpu::AccumulateCovariance(x.Slice(0, b, b + 30), 1.0, &upper, CovarianceFill::kUpperOnly).ok());
+  }
+  EXPECT_EQ((upper.at<double>({12, 0})), 0.0);  // the lower triangle was not touched on the CPU
+  EXPECT_FALSE(ExactlySymmetric(upper));
+  ASSERT_TRUE(cpu::SymmetrizeFromUpper(&upper).ok());
+  EXPECT_TRUE(AllClose(upper, full, Tolerance{0, 0}));
+  Tensor not_square = Tensor::Zeros({3, 4}, DType::kF32);
+  EXPECT_EQ(cpu::SymmetrizeFromUpper(&not_square).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CovarianceCpuTest, HalfInputsAccumulateExactlyInFp32) {
   // bf16/f16 small integers: every product and partial sum is exact in fp32.
   for (DType in : {DType::kBF16, DType::kF16}) {
@@ -127,6 +143,17 @@ TEST(CovarianceCudaTest, MatchesCpuOverAwkwardShapes) {
           const double tol = acc == DType::kF32 ? 2e-6 * tokens : 1e-12 * tokens;
           EXPECT_TRUE(AllClose(*host, c, Tolerance{tol, tol}));
           EXPECT_TRUE(ExactlySymmetric(*host));
+          // Upper-only accumulation plus one symmetrize gives the same matrix.
+          auto dc2 = ctx->ToDevice(Tensor::Zeros({n, n}, acc));
+          ASSERT_TRUE(dc2.ok());
+          ASSERT_TRUE(cuda::AccumulateCovariance(*ctx, *dx, 0.125, &*dc2, CovarianceFill::kUpperOnly).ok());
+          ASSERT_TRUE(cuda::SymmetrizeFromUpper(*ctx, &*dc2).ok());
+          Tensor expected = Tensor::Zeros({n, n}, acc);
+          ASSERT_TRUE(cpu::AccumulateCovariance(x, 0.125, &expected).ok());
+          auto host2 = ctx->ToHost(*dc2);
+          ASSERT_TRUE(host2.ok()) << host2.status();
+          EXPECT_TRUE(AllClose(*host2, expected, Tolerance{tol, tol}));
+          EXPECT_TRUE(ExactlySymmetric(*host2));
         }
       }
     }

@@ -4,6 +4,7 @@
 #include <lapacke.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -55,16 +56,17 @@ absl::Status QrImpl(const Tensor& a, int64_t m, int64_t n, Tensor* q, Tensor* r)
   const int64_t lwork =
       std::max(LapackWorkLength(geqrf_query, std::max<int64_t>(1, n)), LapackWorkLength(orgqr_query, k));
   ST_RETURN_IF_ERROR(ExpectInt32Index(lwork, "the qr workspace length"));
-  std::vector<T> work(lwork);
+  // Uninitialised: zero-filling a 2n^2 workspace costs ~10% of a 2048 solve.
+  std::unique_ptr<T[]> work(new T[lwork]);
   const bool f32 = DTypeOf<T>::value == DType::kF32;
   ST_RETURN_IF_ERROR(
-      LapackStatus(Geqrf(m, n, buf.data(), tau.data(), work.data(), lwork), f32 ? "LAPACK sgeqrf" : "LAPACK dgeqrf"));
+      LapackStatus(Geqrf(m, n, buf.data(), tau.data(), work.get(), lwork), f32 ? "LAPACK sgeqrf" : "LAPACK dgeqrf"));
   T* r_out = r->data<T>();
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < n; ++j) r_out[i * n + j] = j >= i ? buf[j * m + i] : T(0);
   }
   ST_RETURN_IF_ERROR(
-      LapackStatus(Orgqr(m, k, buf.data(), tau.data(), work.data(), lwork), f32 ? "LAPACK sorgqr" : "LAPACK dorgqr"));
+      LapackStatus(Orgqr(m, k, buf.data(), tau.data(), work.get(), lwork), f32 ? "LAPACK sorgqr" : "LAPACK dorgqr"));
   // Column-major m x k Q = row-major k x m buffer: transpose into the row-major [m, k] output.
   TransposeCopy(buf.data(), k, m, m, q->data<T>(), k);
   return absl::OkStatus();
