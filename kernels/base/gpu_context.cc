@@ -148,6 +148,24 @@ absl::StatusOr<void*> GpuContext::Workspace(size_t bytes) {
   return workspace_;
 }
 
+cudaDataType_t CudaDataType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return CUDA_R_32F;
+    case DType::kF64:
+      return CUDA_R_64F;
+    case DType::kBF16:
+      return CUDA_R_16BF;
+    case DType::kF16:
+      return CUDA_R_16F;
+    case DType::kI32:
+    case DType::kI64:
+      break;
+  }
+  ST_CHECK(false) << "no CUDA floating type for " << DTypeName(dtype);
+  return CUDA_R_32F;
+}
+
 absl::Status ExpectOnDevice(const GpuContext& ctx, const Tensor& t, const char* what) {
   if (t.defined() && t.device() == Device::Cuda(ctx.ordinal())) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(what, " must be on cuda:", ctx.ordinal(), ", got ",

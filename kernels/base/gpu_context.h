@@ -14,6 +14,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <cusolverDn.h>
+#include <library_types.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -75,6 +76,10 @@ class GpuContext {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };
+
+// The CUDA library element type of a floating dtype (f32, f64, bf16, f16); CHECK-fails on
+// integer dtypes, which no cuBLAS/cuSOLVER call here takes.
+cudaDataType_t CudaDataType(DType dtype);
 
 // Checks that `t` lives on this context's device; InvalidArgument naming `what` otherwise.
 absl::Status ExpectOnDevice(const GpuContext& ctx, const Tensor& t, const char* what);

@@ -47,7 +47,7 @@ absl::Status EighImpl(GpuContext& ctx, const Tensor& a, int64_t n, int64_t begin
   const int64_t k = end - begin;
   const DType dtype = a.dtype();
   const size_t elem = SizeOf(dtype);
-  const cudaDataType_t type = RealDataType(dtype);
+  const cudaDataType_t type = CudaDataType(dtype);
   const bool f32 = dtype == DType::kF32;
   const cusolverEigMode_t jobz = CUSOLVER_EIG_MODE_VECTOR;
   const cublasFillMode_t uplo = CUBLAS_FILL_MODE_UPPER;  // = the row-major lower triangle

@@ -22,18 +22,6 @@ __global__ void FlagNonFiniteKernel(const T* x, int64_t n, int* flag) {
 
 }  // namespace
 
-cudaDataType_t RealDataType(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return CUDA_R_32F;
-    case DType::kF64:
-      return CUDA_R_64F;
-    default:
-      ST_CHECK(false) << "no real cuSOLVER type for " << DTypeName(dtype);
-      return CUDA_R_32F;
-  }
-}
-
 CusolverParams::~CusolverParams() {
   if (params_ != nullptr) cusolverDnDestroyParams(params_);
 }

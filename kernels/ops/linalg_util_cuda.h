@@ -24,9 +24,6 @@
 
 namespace sigmatune::kernels::cuda {
 
-// CUDA_R_32F / CUDA_R_64F; CHECK-fails on other dtypes (callers validated them).
-cudaDataType_t RealDataType(DType dtype);
-
 // Owns a cusolverDnParams_t (default algorithms) for the 64-bit generic API.
 class CusolverParams {
  public:

@@ -21,12 +21,15 @@ class GpuContext;
 
 namespace sigmatune::kernels {
 
-// Shape and dtype validation shared by both backends; returns {M, N, K}.
-struct MatmulDims {
+// What both backends hand to BLAS, after validation: C (m x n) = op_a(S_A) op_b(S_B), where
+// S_A, S_B are the row-major storages of A and B (a transposed-storage operand flips its flag).
+struct MatmulPlan {
   int64_t m, n, k;
+  Transpose op_a, op_b;
+  int64_t lda, ldb, ldc;
 };
-absl::StatusOr<MatmulDims> CheckMatmul(const Tensor& a, Transpose ta, const Tensor& b, Transpose tb,
-                                       const Tensor& c);
+absl::StatusOr<MatmulPlan> PlanMatmul(const Tensor& a, Transpose ta, const Tensor& b, Transpose tb,
+                                      const Tensor& c);
 
 namespace cpu {
 // OpenBLAS sgemm/dgemm; half inputs are widened to f32 first.

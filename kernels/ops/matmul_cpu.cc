@@ -6,18 +6,17 @@
 
 namespace sigmatune::kernels {
 
-absl::StatusOr<MatmulDims> CheckMatmul(const Tensor& a, Transpose ta, const Tensor& b, Transpose tb,
-                                       const Tensor& c) {
+absl::StatusOr<MatmulPlan> PlanMatmul(const Tensor& a, Transpose ta, const Tensor& b, Transpose tb,
+                                      const Tensor& c) {
   for (const Tensor* t : {&a, &b, &c}) {
     if (!t->defined() || t->rank() != 2) {
       return absl::InvalidArgumentError(absl::StrCat("matmul operands must be matrices, got ", t->DebugString()));
     }
   }
-  const MatmulDims dims{OpRows(a, ta), OpCols(b, tb), OpCols(a, ta)};
-  if (OpRows(b, tb) != dims.k || c.dim(0) != dims.m || c.dim(1) != dims.n) {
-    return absl::InvalidArgumentError(absl::StrCat("matmul shapes do not chain: op(A) ", dims.m, "x", dims.k,
-                                                   ", op(B) ", OpRows(b, tb), "x", dims.n, ", C ",
-                                                   ShapeToString(c.shape())));
+  const int64_t m = OpRows(a, ta), n = OpCols(b, tb), k = OpCols(a, ta);
+  if (OpRows(b, tb) != k || c.dim(0) != m || c.dim(1) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("matmul shapes do not chain: op(A) ", m, "x", k, ", op(B) ",
+                                                   OpRows(b, tb), "x", n, ", C ", ShapeToString(c.shape())));
   }
   if (a.dtype() != b.dtype()) {
     return absl::InvalidArgumentError(absl::StrCat("matmul A and B dtypes differ: ", DTypeName(a.dtype()),
@@ -31,12 +30,21 @@ absl::StatusOr<MatmulDims> CheckMatmul(const Tensor& a, Transpose ta, const Tens
     return absl::InvalidArgumentError(absl::StrCat("matmul does not support ", DTypeName(a.dtype()),
                                                    " inputs with a ", DTypeName(c.dtype()), " output"));
   }
-  ST_ASSIGN_OR_RETURN(RowMajorOperand c_layout, AsRowMajorOperand(c, "matmul output C"));
-  if (c_layout.storage != Transpose::kNo) {
+  ST_ASSIGN_OR_RETURN(const RowMajorOperand la, AsRowMajorOperand(a, "matmul A"));
+  ST_ASSIGN_OR_RETURN(const RowMajorOperand lb, AsRowMajorOperand(b, "matmul B"));
+  ST_ASSIGN_OR_RETURN(const RowMajorOperand lc, AsRowMajorOperand(c, "matmul output C"));
+  if (lc.storage != Transpose::kNo) {
     return absl::InvalidArgumentError(
         absl::StrCat("matmul output C must be row-major with unit column stride, got ", c.DebugString()));
   }
-  return dims;
+  return MatmulPlan{m,
+                    n,
+                    k,
+                    la.storage == Transpose::kNo ? ta : Flip(ta),
+                    lb.storage == Transpose::kNo ? tb : Flip(tb),
+                    la.ld,
+                    lb.ld,
+                    lc.ld};
 }
 
 namespace cpu {
@@ -49,7 +57,7 @@ CBLAS_TRANSPOSE ToCblas(Transpose t) { return t == Transpose::kNo ? CblasNoTrans
 absl::Status Matmul(const Tensor& a, Transpose ta, const Tensor& b, Transpose tb, double alpha, double beta,
                     Tensor* c) {
   ST_CHECK(c != nullptr);
-  ST_ASSIGN_OR_RETURN(const MatmulDims dims, CheckMatmul(a, ta, b, tb, *c));
+  ST_ASSIGN_OR_RETURN(const MatmulPlan p, PlanMatmul(a, ta, b, tb, *c));
   for (const Tensor* t : {&a, &b, static_cast<const Tensor*>(c)}) {
     if (!t->device().is_cpu()) {
       return absl::InvalidArgumentError(absl::StrCat("cpu::Matmul needs CPU tensors, got ", t->DebugString()));
@@ -64,19 +72,13 @@ absl::Status Matmul(const Tensor& a, Transpose ta, const Tensor& b, Transpose tb
     c->CopyFrom(c32);
     return absl::OkStatus();
   }
-  ST_ASSIGN_OR_RETURN(const RowMajorOperand la, AsRowMajorOperand(a, "matmul A"));
-  ST_ASSIGN_OR_RETURN(const RowMajorOperand lb, AsRowMajorOperand(b, "matmul B"));
-  ST_ASSIGN_OR_RETURN(const RowMajorOperand lc, AsRowMajorOperand(*c, "matmul C"));
-  // op(A) over storage S_A: a transposed-storage operand flips the BLAS transpose flag.
-  const Transpose op_a = la.storage == Transpose::kNo ? ta : Flip(ta);
-  const Transpose op_b = lb.storage == Transpose::kNo ? tb : Flip(tb);
-  if (dims.m == 0 || dims.n == 0) return absl::OkStatus();
+  if (p.m == 0 || p.n == 0) return absl::OkStatus();
   if (a.dtype() == DType::kF32) {
-    cblas_sgemm(CblasRowMajor, ToCblas(op_a), ToCblas(op_b), dims.m, dims.n, dims.k, static_cast<float>(alpha),
-                a.data<float>(), la.ld, b.data<float>(), lb.ld, static_cast<float>(beta), c->data<float>(), lc.ld);
+    cblas_sgemm(CblasRowMajor, ToCblas(p.op_a), ToCblas(p.op_b), p.m, p.n, p.k, static_cast<float>(alpha),
+                a.data<float>(), p.lda, b.data<float>(), p.ldb, static_cast<float>(beta), c->data<float>(), p.ldc);
   } else {
-    cblas_dgemm(CblasRowMajor, ToCblas(op_a), ToCblas(op_b), dims.m, dims.n, dims.k, alpha, a.data<double>(),
-                la.ld, b.data<double>(), lb.ld, beta, c->data<double>(), lc.ld);
+    cblas_dgemm(CblasRowMajor, ToCblas(p.op_a), ToCblas(p.op_b), p.m, p.n, p.k, alpha, a.data<double>(), p.lda,
+                b.data<double>(), p.ldb, beta, c->data<double>(), p.ldc);
   }
   return absl::OkStatus();
 }

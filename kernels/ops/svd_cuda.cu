@@ -42,7 +42,7 @@ absl::Status GesvdImpl(GpuContext& ctx, const Tensor& a, int64_t m, int64_t n, T
   const int64_t k = std::min(m, n);
   const DType dtype = a.dtype();
   const size_t elem = SizeOf(dtype);
-  const cudaDataType_t type = RealDataType(dtype);
+  const cudaDataType_t type = CudaDataType(dtype);
   const bool direct = n >= m;  // A^T (n x m) already has rows >= cols
   // The matrix handed to gesvd: rows x cols, column-major, lda = rows.
   const int64_t rows = direct ? n : m, cols = direct ? m : n;
