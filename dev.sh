@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 # Counts the gtest cases in the XML reports of the test targets matched by "$@" and prints the
 # closing line "tests: N passed, N failed, N skipped" (a target that did not run counts as failed).
 summarize_tests() {
-  local passed=0 failed=0 skipped=0 target xml
+  local passed=0 failed=0 skipped=0 target xml cases fails skips
   while IFS= read -r target; do
     target="${target#//}"
     xml="bazel-testlogs/${target/://}/test.xml"
@@ -18,10 +18,12 @@ summarize_tests() {
       failed=$((failed + 1))
       continue
     fi
-    local cases fails skips
-    cases=$(grep -o "<testcase " "$xml" | wc -l || true)
-    fails=$(grep -c '<failure' "$xml" || true)
-    skips=$(grep -o "result=\"skipped\"" "$xml" | wc -l || true)
+    # One line "cases failed skipped" per report: a case fails once however many of its
+    # assertions failed (gtest <failure>, Bazel's own report of a non-gtest test: <error>).
+    read -r cases fails skips < <(awk '
+      /<testcase / { cases++; counted = 0; if ($0 ~ /result="skipped"/) skips++ }
+      /<failure|<error / { if (!counted) { fails++; counted = 1 } }
+      END { print cases + 0, fails + 0, skips + 0 }' "$xml")
     passed=$((passed + cases - fails - skips))
     failed=$((failed + fails))
     skipped=$((skipped + skips))
