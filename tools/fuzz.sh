@@ -16,9 +16,14 @@ if ! command -v clang-14 >/dev/null || ! dpkg-query -W libclang-rt-14-dev >/dev/
 fi
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/sigmatune"
-bazel_fuzz=(bazel --output_base="$cache/bazel-fuzz")
-CC=clang-14 CXX=clang++-14 "${bazel_fuzz[@]}" build --config=libfuzzer "$target"
-binary="$("${bazel_fuzz[@]}" cquery --config=libfuzzer --output=files "$target" 2>/dev/null | head -n 1)"
+# Every command of this output base sees clang (a command without CC would re-detect gcc).
+bazel_fuzz=(env CC=clang-14 CXX=clang++-14 bazel --output_base="$cache/bazel-fuzz")
+"${bazel_fuzz[@]}" build --config=libfuzzer "$target"
+# Bazel 4's cquery has no --output=files: the binary is bazel-bin/<package>/<name>.
+package="${target#//}"; package="${package%%:*}"
+name="${target##*:}"; [[ "$target" == *:* ]] || name="${package##*/}"
+binary="$("${bazel_fuzz[@]}" info --config=libfuzzer bazel-bin 2>/dev/null)/$package/$name"
+[[ -x "$binary" ]] || { echo "fuzz: built $target but found no binary at $binary" >&2; exit 1; }
 
 work="$(mktemp -d)"
 mkdir -p "$work/corpus" "$work/crashes"
