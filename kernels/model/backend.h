@@ -1,0 +1,97 @@
+// The ops the LLaMA engine needs, behind one interface, so the model code (llama.cc) is written
+// once for every device. CpuBackend (fp32, OpenBLAS + the kernels::cpu references) is here; the
+// CUDA backend (bf16 weights/activations, fp32 accumulation) implements the same interface with
+// the kernels::cuda ops.
+//
+// Every method forwards to the op of the same name in kernels/ops (see those headers for shapes,
+// dtypes and errors) on this backend's device.
+#ifndef SIGMATUNE_KERNELS_MODEL_BACKEND_H_
+#define SIGMATUNE_KERNELS_MODEL_BACKEND_H_
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/base/tensor.h"
+#include "kernels/ops/attention.h"
+#include "kernels/ops/blas_layout.h"
+#include "kernels/ops/cross_entropy.h"
+#include "kernels/ops/rope.h"
+
+namespace sigmatune::model {
+
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+
+  virtual Device device() const = 0;
+  // The dtype activations are kept in (f32 on the CPU).
+  virtual DType activation_dtype() const = 0;
+
+  virtual absl::StatusOr<Tensor> Allocate(const Shape& shape, DType dtype) = 0;
+  virtual absl::StatusOr<Tensor> Zeros(const Shape& shape, DType dtype) = 0;
+  // A copy of a CPU tensor on this device (the same tensor on the CPU backend is not copied).
+  virtual absl::StatusOr<Tensor> Upload(const Tensor& host) = 0;
+  virtual absl::StatusOr<Tensor> Download(const Tensor& t) = 0;
+  // dst = src (same shape and dtype, contiguous).
+  virtual absl::Status Copy(const Tensor& src, Tensor* dst) = 0;
+  // y += alpha * x (same shape and dtype, contiguous).
+  virtual absl::Status Axpy(double alpha, const Tensor& x, Tensor* y) = 0;
+
+  virtual absl::Status Matmul(const Tensor& a, kernels::Transpose ta, const Tensor& b, kernels::Transpose tb,
+                              double alpha, double beta, Tensor* c) = 0;
+  virtual absl::Status EmbeddingForward(const Tensor& table, const Tensor& ids, Tensor* out) = 0;
+  virtual absl::Status RmsNormForward(const Tensor& x, const Tensor& w, double eps, Tensor* y) = 0;
+  virtual absl::Status RmsNormBackward(const Tensor& x, const Tensor& w, double eps, const Tensor& dy, Tensor* dx) = 0;
+  virtual absl::Status ApplyRope(const Tensor& x, const Tensor& positions, const kernels::RopeConfig& config,
+                                 kernels::RopeDirection direction, Tensor* out) = 0;
+  virtual absl::Status AttentionForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                                        Tensor* out, Tensor* lse) = 0;
+  virtual absl::Status AttentionBackward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                                         const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor* dq,
+                                         Tensor* dk, Tensor* dv) = 0;
+  virtual absl::Status SwigluForward(const Tensor& gate, const Tensor& up, Tensor* out) = 0;
+  virtual absl::Status SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor* dgate,
+                                      Tensor* dup) = 0;
+  virtual absl::StatusOr<kernels::CrossEntropyStats> LmHeadCrossEntropyForward(
+      const Tensor& hidden, const Tensor& weight, const Tensor& targets, const kernels::CrossEntropyOptions& options) = 0;
+  virtual absl::Status LmHeadCrossEntropyBackward(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
+                                                  const kernels::CrossEntropyOptions& options, double grad_scale,
+                                                  Tensor* dhidden) = 0;
+};
+
+// fp32 on the host: OpenBLAS GEMMs and the kernels::cpu reference ops.
+class CpuBackend final : public ModelBackend {
+ public:
+  Device device() const override { return Device::Cpu(); }
+  DType activation_dtype() const override { return DType::kF32; }
+  absl::StatusOr<Tensor> Allocate(const Shape& shape, DType dtype) override;
+  absl::StatusOr<Tensor> Zeros(const Shape& shape, DType dtype) override;
+  absl::StatusOr<Tensor> Upload(const Tensor& host) override;
+  absl::StatusOr<Tensor> Download(const Tensor& t) override;
+  absl::Status Copy(const Tensor& src, Tensor* dst) override;
+  absl::Status Axpy(double alpha, const Tensor& x, Tensor* y) override;
+  absl::Status Matmul(const Tensor& a, kernels::Transpose ta, const Tensor& b, kernels::Transpose tb, double alpha,
+                      double beta, Tensor* c) override;
+  absl::Status EmbeddingForward(const Tensor& table, const Tensor& ids, Tensor* out) override;
+  absl::Status RmsNormForward(const Tensor& x, const Tensor& w, double eps, Tensor* y) override;
+  absl::Status RmsNormBackward(const Tensor& x, const Tensor& w, double eps, const Tensor& dy, Tensor* dx) override;
+  absl::Status ApplyRope(const Tensor& x, const Tensor& positions, const kernels::RopeConfig& config,
+                         kernels::RopeDirection direction, Tensor* out) override;
+  absl::Status AttentionForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                                Tensor* out, Tensor* lse) override;
+  absl::Status AttentionBackward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                                 const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor* dq, Tensor* dk,
+                                 Tensor* dv) override;
+  absl::Status SwigluForward(const Tensor& gate, const Tensor& up, Tensor* out) override;
+  absl::Status SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor* dgate,
+                              Tensor* dup) override;
+  absl::StatusOr<kernels::CrossEntropyStats> LmHeadCrossEntropyForward(
+      const Tensor& hidden, const Tensor& weight, const Tensor& targets,
+      const kernels::CrossEntropyOptions& options) override;
+  absl::Status LmHeadCrossEntropyBackward(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
+                                          const kernels::CrossEntropyOptions& options, double grad_scale,
+                                          Tensor* dhidden) override;
+};
+
+}  // namespace sigmatune::model
+
+#endif  // SIGMATUNE_KERNELS_MODEL_BACKEND_H_
