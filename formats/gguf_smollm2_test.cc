@@ -18,7 +18,7 @@
 #include "formats/gguf_llama.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
-#include "tests/model_files.h"
+#include "kernels/testing/model_files.h"
 
 namespace sigmatune {
 namespace {

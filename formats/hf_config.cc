@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "formats/json_util.h"
 #include "kernels/base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -121,27 +122,6 @@ class Fields {
   absl::string_view source_;
 };
 
-bool NestingWithin(absl::string_view text, int max_depth) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > max_depth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
 
 // Rope settings from the v5 "rope_parameters" or the v4 "rope_theta" + "rope_scaling".
 absl::Status ParseRope(const Fields& f, ModelConfig* config) {
@@ -214,7 +194,7 @@ absl::Status ParseRope(const Fields& f, ModelConfig* config) {
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {
-  if (!NestingWithin(json_text, kMaxDepth)) {
+  if (!JsonNestingWithin(json_text, kMaxDepth)) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": JSON nested deeper than ", kMaxDepth,
                                                    "; not a config.json"));
   }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "formats/atomic_file.h"
+#include "formats/json_util.h"
 #include "kernels/base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -101,28 +102,6 @@ absl::Status CorruptTensor(absl::string_view source, absl::string_view name,
   return Corrupt(source, absl::StrCat("tensor '", name, "': ", what));
 }
 
-// Rejects nesting deeper than kMaxHeaderDepth (strings are skipped, escapes honoured).
-bool NestingWithin(absl::string_view text, int max_depth) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > max_depth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
 
 // Parses JSON with no exceptions; reports the first duplicate key of any object.
 struct ParsedJson {
@@ -299,7 +278,7 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensors(absl::string_view file_bytes,
                                         file_bytes.size(), " bytes)"));
   }
   const absl::string_view text = file_bytes.substr(8, n);
-  if (!NestingWithin(text, kMaxHeaderDepth)) {
+  if (!JsonNestingWithin(text, kMaxHeaderDepth)) {
     return Corrupt(source, absl::StrCat("header JSON is nested deeper than ", kMaxHeaderDepth));
   }
   ParsedJson parsed = ParseJsonNoDuplicates(text);
@@ -732,7 +711,7 @@ absl::StatusOr<ShardedCheckpoint> ShardedCheckpoint::Open(const std::string& ind
         index_path, ": ", what, "; expected {\"weight_map\": {tensor: shard file}} as written by "
         "transformers"));
   };
-  if (!NestingWithin(text, kMaxHeaderDepth)) return bad("JSON nested too deeply");
+  if (!JsonNestingWithin(text, kMaxHeaderDepth)) return bad("JSON nested too deeply");
   ParsedJson parsed = ParseJsonNoDuplicates(text);
   if (parsed.value.is_discarded() || !parsed.value.is_object()) {
     return bad("not a JSON object");

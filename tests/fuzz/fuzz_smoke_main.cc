@@ -20,10 +20,21 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
+// A failed smoke check ends the test with a message (a missing seed must not pass silently).
+#define SMOKE_CHECK(condition, ...)                  \
+  do {                                               \
+    if (!(condition)) {                              \
+      std::fprintf(stderr, "fuzz smoke: " __VA_ARGS__); \
+      std::fputc('\n', stderr);                      \
+      std::exit(1);                                  \
+    }                                                \
+  } while (0)
+
 namespace {
 
 std::vector<uint8_t> ReadFile(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
+  SMOKE_CHECK(in.good(), "cannot read seed %s", path.c_str());
   return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
@@ -89,6 +100,7 @@ int main(int argc, char** argv) {
       seeds.push_back(ReadFile(path));
     }
   }
+  SMOKE_CHECK(!seeds.empty(), "no seed files given (the fuzz_target's corpus is empty)");
   seeds.emplace_back();  // the empty input
   std::mt19937_64 rng(20261122);
   size_t runs = 0;

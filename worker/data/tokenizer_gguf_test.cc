@@ -8,7 +8,7 @@
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
 #include "nlohmann/json.hpp"
-#include "tests/model_files.h"
+#include "kernels/testing/model_files.h"
 
 namespace sigmatune::data {
 namespace {

@@ -9,7 +9,7 @@
 #include "gtest/gtest.h"
 #include "kernels/model/backend.h"
 #include "kernels/model/llama.h"
-#include "tests/model_files.h"
+#include "kernels/testing/model_files.h"
 #include "worker/data/tokenizer_chat_template.h"
 #include "worker/data/tokenizer_gguf.h"
 #include "worker/model/llama_loader.h"

@@ -1,4 +1,4 @@
-#include "tests/model_files.h"
+#include "kernels/testing/model_files.h"
 
 #include <pwd.h>
 #include <unistd.h>

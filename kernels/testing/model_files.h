@@ -1,7 +1,7 @@
 // Where tests find large model files that are never committed (tools/get_smollm2.sh fetches them).
 // Tests that need one GTEST_SKIP with the reason when it is absent.
-#ifndef SIGMATUNE_TESTS_MODEL_FILES_H_
-#define SIGMATUNE_TESTS_MODEL_FILES_H_
+#ifndef SIGMATUNE_KERNELS_TESTING_MODEL_FILES_H_
+#define SIGMATUNE_KERNELS_TESTING_MODEL_FILES_H_
 
 #include <string>
 
@@ -15,4 +15,4 @@ std::string FindSmolLM2Gguf(std::string* tried);
 
 }  // namespace sigmatune::testing
 
-#endif  // SIGMATUNE_TESTS_MODEL_FILES_H_
+#endif  // SIGMATUNE_KERNELS_TESTING_MODEL_FILES_H_
