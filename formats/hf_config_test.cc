@@ -5,6 +5,7 @@
 #include "formats/safetensors.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
+#include "kernels/testing/status.h"
 
 namespace sigmatune::formats {
 namespace {
@@ -14,16 +15,6 @@ using ::sigmatune::testing::RunfilePath;
 std::string Fixture(const std::string& name) {
   return RunfilePath("tests/testdata/formats/hf_config/" + name);
 }
-
-#define EXPECT_ERROR_MENTIONS(status, ...)                                          \
-  do {                                                                             \
-    const absl::Status s_ = (status);                                              \
-    EXPECT_FALSE(s_.ok());                                                         \
-    for (const char* part : {__VA_ARGS__}) {                                       \
-      EXPECT_NE(s_.message().find(part), absl::string_view::npos)                  \
-          << "'" << part << "' not in: " << s_.message();                          \
-    }                                                                              \
-  } while (0)
 
 TEST(HfConfigTest, LlamaV5WrittenByTransformers) {
   absl::StatusOr<ModelConfig> c = LoadModelConfig(Fixture("llama_v5.json"));

@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "kernels/testing/compare.h"
 #include "kernels/testing/golden.h"
+#include "kernels/testing/status.h"
 #include "nlohmann/json.hpp"
 
 namespace sigmatune::formats {
@@ -45,16 +46,6 @@ std::string Image(const std::string& header, const std::string& data) {
 absl::Status ParseStatus(const std::string& bytes) {
   return SafetensorsReader::FromBuffer(bytes, "mem.safetensors").status();
 }
-
-#define EXPECT_ERROR_MENTIONS(status, ...)                                          \
-  do {                                                                             \
-    const absl::Status s_ = (status);                                              \
-    EXPECT_FALSE(s_.ok());                                                         \
-    for (const char* part : {__VA_ARGS__}) {                                       \
-      EXPECT_NE(s_.message().find(part), absl::string_view::npos)                  \
-          << "'" << part << "' not in: " << s_.message();                          \
-    }                                                                              \
-  } while (0)
 
 // --- the fixture written by python safetensors -------------------------------------------------
 

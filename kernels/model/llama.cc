@@ -35,15 +35,12 @@ absl::Status Positive(int64_t value, const char* field) {
   return absl::InvalidArgumentError(absl::StrCat("llama config: ", field, " must be positive, got ", value));
 }
 
-// The KV cache of one layer for greedy decoding: roped keys and values of every position so far.
-struct LayerCache {
-  std::vector<float> k, v;  // [positions, kv_heads * head_dim]
-};
 
 // Queries q [n, H, hd] at positions p0 .. p0+n-1 attend causally to cache positions 0 .. p0+i
 // (GQA: head h reads kv head h / (H / KV)). out [n, H*hd]. fp32, the CPU reference of decoding.
-void CachedAttention(const float* q, int64_t n, int64_t p0, const LayerCache& cache, int64_t heads,
-                     int64_t kv_heads, int64_t hd, float* out) {
+void CachedAttention(const float* q, int64_t n, int64_t p0, const std::vector<float>& cache_k,
+                     const std::vector<float>& cache_v, int64_t heads, int64_t kv_heads,
+                     int64_t hd, float* out) {
   const int64_t group = heads / kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   std::vector<float> scores;
@@ -55,7 +52,7 @@ void CachedAttention(const float* q, int64_t n, int64_t p0, const LayerCache& ca
       const int64_t kvh = h / group;
       float max_score = -INFINITY;
       for (int64_t j = 0; j < keys; ++j) {
-        const float* kj = cache.k.data() + (j * kv_heads + kvh) * hd;
+        const float* kj = cache_k.data() + (j * kv_heads + kvh) * hd;
         float dot = 0.0f;
         for (int64_t c = 0; c < hd; ++c) dot += qi[c] * kj[c];
         scores[j] = dot * scale;
@@ -70,7 +67,7 @@ void CachedAttention(const float* q, int64_t n, int64_t p0, const LayerCache& ca
       std::fill(oi, oi + hd, 0.0f);
       for (int64_t j = 0; j < keys; ++j) {
         const float p = scores[j] / sum;
-        const float* vj = cache.v.data() + (j * kv_heads + kvh) * hd;
+        const float* vj = cache_v.data() + (j * kv_heads + kvh) * hd;
         for (int64_t c = 0; c < hd; ++c) oi[c] += p * vj[c];
       }
     }
@@ -78,6 +75,11 @@ void CachedAttention(const float* q, int64_t n, int64_t p0, const LayerCache& ca
 }
 
 }  // namespace
+
+// The KV cache of one layer for greedy decoding: roped keys and values of every position so far.
+struct LlamaModel::KvCache {
+  std::vector<float> k, v;  // [positions, kv_heads * head_dim]
+};
 
 absl::Status LlamaConfig::Validate() const {
   ST_RETURN_IF_ERROR(Positive(vocab_size, "vocab_size"));
@@ -258,7 +260,7 @@ absl::Status LlamaModel::LinearBackward(int64_t layer, LinearKind kind, const Te
 }
 
 absl::Status LlamaModel::LayerForward(int64_t layer, const Batch& batch, Tensor& h, LayerActivations& a,
-                                      ModelObserver* observer) {
+                                      ModelObserver* observer, KvCache* cache) {
   const LayerWeights& w = weights_.layers[layer];
   const int64_t t = h.dim(0), d = config_.hidden_size, hd = config_.head_dim;
   const int64_t heads = config_.num_heads, kv = config_.num_kv_heads, inter = config_.intermediate_size;
@@ -283,7 +285,15 @@ absl::Status LlamaModel::LayerForward(int64_t layer, const Batch& batch, Tensor&
   ST_ASSIGN_OR_RETURN(a.attn, alloc({t, heads * hd}, dt));
   ST_ASSIGN_OR_RETURN(a.lse, alloc({t, heads}, DType::kF32));
   Tensor attn3 = a.attn.Reshape({t, heads, hd});
-  ST_RETURN_IF_ERROR(b.AttentionForward(q3, k3, v3, batch.cu_seqlens, &attn3, &a.lse));
+  if (cache == nullptr) {
+    ST_RETURN_IF_ERROR(b.AttentionForward(q3, k3, v3, batch.cu_seqlens, &attn3, &a.lse));
+  } else {
+    ST_CHECK(b.device().is_cpu() && dt == DType::kF32) << "the KV-cache decoder is CPU fp32 only";
+    const int64_t cached = static_cast<int64_t>(cache->k.size()) / (kv * hd);
+    cache->k.insert(cache->k.end(), a.k.data<float>(), a.k.data<float>() + a.k.numel());
+    cache->v.insert(cache->v.end(), a.v.data<float>(), a.v.data<float>() + a.v.numel());
+    CachedAttention(a.q.data<float>(), t, cached, cache->k, cache->v, heads, kv, hd, a.attn.data<float>());
+  }
   if (observer != nullptr) ST_RETURN_IF_ERROR(observer->OnLinearInput(layer, InputSite::kAttnOut, a.attn));
   ST_ASSIGN_OR_RETURN(Tensor o, alloc({t, d}, dt));
   ST_RETURN_IF_ERROR(Linear(layer, LinearKind::kO, a.attn, &o));
@@ -452,53 +462,29 @@ absl::StatusOr<std::vector<int32_t>> LlamaModel::GenerateGreedy(const std::vecto
   }
   if (prompt.empty()) return absl::InvalidArgumentError("GenerateGreedy needs a non-empty prompt");
   have_saved_ = false;
-  const int64_t d = config_.hidden_size, hd = config_.head_dim, heads = config_.num_heads;
-  const int64_t kv = config_.num_kv_heads, inter = config_.intermediate_size;
-  const double eps = config_.rms_norm_eps;
-  std::vector<LayerCache> caches(config_.num_layers);
+  const int64_t d = config_.hidden_size;
+  std::vector<KvCache> caches(config_.num_layers);
   std::vector<int32_t> generated;
-  std::vector<int32_t> step_ids = prompt;
+  std::vector<int32_t> step_ids = prompt;  // the prompt first (prefill), then one token per step
   int64_t position = 0;
   ModelBackend& b = *backend_;
   while (static_cast<int64_t>(generated.size()) < max_new_tokens) {
     const int64_t n = static_cast<int64_t>(step_ids.size());
     std::vector<int32_t> pos(n);
     for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(position + i);
-    const Tensor ids = Tensor::FromVector<int32_t>({n}, step_ids);
-    const Tensor positions = Tensor::FromVector<int32_t>({n}, pos);
+    Batch step;
+    step.input_ids = Tensor::FromVector<int32_t>({n}, step_ids);
+    step.positions = Tensor::FromVector<int32_t>({n}, pos);
     Tensor h = Tensor::Empty({n, d}, DType::kF32);
-    ST_RETURN_IF_ERROR(b.EmbeddingForward(weights_.embed, ids, &h));
-    Tensor xn = Tensor::Empty({n, d}, DType::kF32), o = Tensor::Empty({n, d}, DType::kF32);
-    Tensor q = Tensor::Empty({n, heads * hd}, DType::kF32), attn = Tensor::Empty({n, heads * hd}, DType::kF32);
-    Tensor k = Tensor::Empty({n, kv * hd}, DType::kF32), v = Tensor::Empty({n, kv * hd}, DType::kF32);
-    Tensor gate = Tensor::Empty({n, inter}, DType::kF32), up = Tensor::Empty({n, inter}, DType::kF32);
-    Tensor act = Tensor::Empty({n, inter}, DType::kF32);
+    ST_RETURN_IF_ERROR(b.EmbeddingForward(weights_.embed, step.input_ids, &h));
     for (int64_t l = 0; l < config_.num_layers; ++l) {
-      const LayerWeights& w = weights_.layers[l];
-      ST_RETURN_IF_ERROR(b.RmsNormForward(h, w.input_norm, eps, &xn));
-      ST_RETURN_IF_ERROR(Linear(l, LinearKind::kQ, xn, &q));
-      ST_RETURN_IF_ERROR(Linear(l, LinearKind::kK, xn, &k));
-      ST_RETURN_IF_ERROR(Linear(l, LinearKind::kV, xn, &v));
-      Tensor q3 = q.Reshape({n, heads, hd}), k3 = k.Reshape({n, kv, hd});
-      ST_RETURN_IF_ERROR(b.ApplyRope(q3, positions, config_.rope, kernels::RopeDirection::kForward, &q3));
-      ST_RETURN_IF_ERROR(b.ApplyRope(k3, positions, config_.rope, kernels::RopeDirection::kForward, &k3));
-      LayerCache& cache = caches[l];
-      cache.k.insert(cache.k.end(), k.data<float>(), k.data<float>() + k.numel());
-      cache.v.insert(cache.v.end(), v.data<float>(), v.data<float>() + v.numel());
-      CachedAttention(q.data<float>(), n, position, cache, heads, kv, hd, attn.data<float>());
-      ST_RETURN_IF_ERROR(Linear(l, LinearKind::kO, attn, &o));
-      ST_RETURN_IF_ERROR(b.Axpy(1.0, o, &h));
-      ST_RETURN_IF_ERROR(b.RmsNormForward(h, w.post_norm, eps, &xn));
-      ST_RETURN_IF_ERROR(Linear(l, LinearKind::kGate, xn, &gate));
-      ST_RETURN_IF_ERROR(Linear(l, LinearKind::kUp, xn, &up));
-      ST_RETURN_IF_ERROR(b.SwigluForward(gate, up, &act));
-      ST_RETURN_IF_ERROR(Linear(l, LinearKind::kDown, act, &o));
-      ST_RETURN_IF_ERROR(b.Axpy(1.0, o, &h));
+      LayerActivations acts;
+      ST_RETURN_IF_ERROR(LayerForward(l, step, h, acts, nullptr, &caches[l]));
     }
     // Only the last position's logits matter.
     const Tensor last = h.Slice(0, n - 1, n).Contiguous();
     Tensor hn = Tensor::Empty({1, d}, DType::kF32);
-    ST_RETURN_IF_ERROR(b.RmsNormForward(last, weights_.final_norm, eps, &hn));
+    ST_RETURN_IF_ERROR(b.RmsNormForward(last, weights_.final_norm, config_.rms_norm_eps, &hn));
     Tensor logits = Tensor::Empty({1, config_.vocab_size}, DType::kF32);
     ST_RETURN_IF_ERROR(b.Matmul(hn, Transpose::kNo, weights_.lm_head, Transpose::kYes, 1.0, 0.0, &logits));
     const float* row = logits.data<float>();

@@ -156,11 +156,14 @@ class LlamaModel {
 
  private:
   struct LayerActivations;
+  struct KvCache;
   LlamaModel(LlamaConfig config, LlamaWeights weights, ModelBackend* backend);
 
-  // One decoder layer on h [T, hidden] in place; fills `acts` (which must hold h's input copy).
+  // One decoder layer on h [T, hidden] in place, filling `acts`. Without a cache, attention is
+  // packed causal self-attention over batch.cu_seqlens; with one (decoding, CPU), the new roped
+  // keys/values are appended to it and the T new tokens attend to everything cached so far.
   absl::Status LayerForward(int64_t layer, const Batch& batch, Tensor& h, LayerActivations& acts,
-                            ModelObserver* observer);
+                            ModelObserver* observer, KvCache* cache = nullptr);
   absl::Status LayerBackward(int64_t layer, const Batch& batch, LayerActivations& acts, Tensor& dh,
                              ModelObserver* observer);
   absl::Status Linear(int64_t layer, LinearKind kind, const Tensor& x, Tensor* y);

@@ -13,17 +13,12 @@ namespace sigmatune::kernels {
 namespace {
 
 using ::sigmatune::testing::AllClose;
+using ::sigmatune::testing::Dot;
 using ::sigmatune::testing::LoadGolden;
 using ::sigmatune::testing::NumericalGradient;
 using ::sigmatune::testing::RandomNormal;
 using ::sigmatune::testing::RunfilePath;
 using ::sigmatune::testing::Tolerance;
-
-double Dot(const Tensor& a, const Tensor& b) {
-  double s = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) s += GetAsDouble(a, i) * GetAsDouble(b, i);
-  return s;
-}
 
 TEST(SwigluCpuTest, MatchesTorchGolden) {
   auto golden = LoadGolden(RunfilePath("tests/testdata/nn/swiglu.safetensors"));

@@ -70,6 +70,13 @@ Tolerance DefaultTolerance(DType a, DType b) {
   return AllClose(actual, expected, DefaultTolerance(actual.dtype(), expected.dtype()));
 }
 
+double Dot(const Tensor& a, const Tensor& b) {
+  ST_CHECK(a.shape() == b.shape()) << ShapeToString(a.shape()) << " vs " << ShapeToString(b.shape());
+  double sum = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) sum += GetAsDouble(a, i) * GetAsDouble(b, i);
+  return sum;
+}
+
 double FrobeniusNorm(const Tensor& t) {
   double sum = 0.0;
   for (int64_t i = 0; i < t.numel(); ++i) {

@@ -23,6 +23,9 @@ Tolerance DefaultTolerance(DType a, DType b);
 ::testing::AssertionResult AllClose(const Tensor& actual, const Tensor& expected, Tolerance tol);
 ::testing::AssertionResult AllClose(const Tensor& actual, const Tensor& expected);
 
+// sum_i a_i * b_i in double (same shape; e.g. the scalar objective <y, dy> of a gradient check).
+double Dot(const Tensor& a, const Tensor& b);
+
 // Frobenius norm and relative Frobenius distance ||a - b|| / max(||b||, tiny), in double.
 double FrobeniusNorm(const Tensor& t);
 double RelativeError(const Tensor& actual, const Tensor& expected);
