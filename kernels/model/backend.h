@@ -4,7 +4,8 @@
 // the kernels::cuda ops.
 //
 // Every method forwards to the op of the same name in kernels/ops (see those headers for shapes,
-// dtypes and errors) on this backend's device.
+// dtypes and errors) on this backend's device. The model (llama.h) uses the first group; the
+// PEFT statistics, decompositions and adapters (kernels/peft) use the second.
 #ifndef SIGMATUNE_KERNELS_MODEL_BACKEND_H_
 #define SIGMATUNE_KERNELS_MODEL_BACKEND_H_
 
@@ -13,6 +14,7 @@
 #include "kernels/base/tensor.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/blas_layout.h"
+#include "kernels/ops/covariance.h"
 #include "kernels/ops/cross_entropy.h"
 #include "kernels/ops/rope.h"
 
@@ -56,6 +58,23 @@ class ModelBackend {
   virtual absl::Status LmHeadCrossEntropyBackward(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
                                                   const kernels::CrossEntropyOptions& options, double grad_scale,
                                                   Tensor* dhidden) = 0;
+
+  // --- Linear algebra and the adapter/statistics ops of kernels/peft (f32 and f64 everywhere). ---
+  virtual absl::Status Cast(const Tensor& src, Tensor* dst) = 0;
+  virtual absl::Status Svd(const Tensor& a, Tensor* u, Tensor* s, Tensor* vt) = 0;
+  virtual absl::Status RandomizedSvd(const Tensor& a, int64_t rank, int niter, uint64_t seed, Tensor* u, Tensor* s,
+                                     Tensor* vt) = 0;
+  virtual absl::Status Inverse(const Tensor& a, Tensor* inv) = 0;
+  virtual absl::StatusOr<double> DiagonalMean(const Tensor& a) = 0;
+  virtual absl::Status AddScaledIdentity(double alpha, Tensor* a) = 0;
+  virtual absl::StatusOr<double> DistanceFromIdentity(const Tensor& a) = 0;
+  virtual absl::StatusOr<int64_t> CountNonFinite(const Tensor& t) = 0;
+  virtual absl::Status AccumulateCovariance(const Tensor& x, double alpha, Tensor* c, kernels::CovarianceFill fill) = 0;
+  virtual absl::Status SymmetrizeFromUpper(Tensor* c) = 0;
+  virtual absl::Status ScaleSegmentsByAbsMax(const Tensor& x, const Tensor& cu_seqlens, Tensor* y, Tensor* bad) = 0;
+  virtual absl::Status ScaleColumns(const Tensor& x, const Tensor& d, Tensor* y) = 0;
+  virtual absl::Status ColumnDot(const Tensor& a, const Tensor& b, double beta, Tensor* out) = 0;
+  virtual absl::Status Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) = 0;
 };
 
 // fp32 on the host: OpenBLAS GEMMs and the kernels::cpu reference ops.
@@ -90,6 +109,21 @@ class CpuBackend final : public ModelBackend {
   absl::Status LmHeadCrossEntropyBackward(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
                                           const kernels::CrossEntropyOptions& options, double grad_scale,
                                           Tensor* dhidden) override;
+  absl::Status Cast(const Tensor& src, Tensor* dst) override;
+  absl::Status Svd(const Tensor& a, Tensor* u, Tensor* s, Tensor* vt) override;
+  absl::Status RandomizedSvd(const Tensor& a, int64_t rank, int niter, uint64_t seed, Tensor* u, Tensor* s,
+                             Tensor* vt) override;
+  absl::Status Inverse(const Tensor& a, Tensor* inv) override;
+  absl::StatusOr<double> DiagonalMean(const Tensor& a) override;
+  absl::Status AddScaledIdentity(double alpha, Tensor* a) override;
+  absl::StatusOr<double> DistanceFromIdentity(const Tensor& a) override;
+  absl::StatusOr<int64_t> CountNonFinite(const Tensor& t) override;
+  absl::Status AccumulateCovariance(const Tensor& x, double alpha, Tensor* c, kernels::CovarianceFill fill) override;
+  absl::Status SymmetrizeFromUpper(Tensor* c) override;
+  absl::Status ScaleSegmentsByAbsMax(const Tensor& x, const Tensor& cu_seqlens, Tensor* y, Tensor* bad) override;
+  absl::Status ScaleColumns(const Tensor& x, const Tensor& d, Tensor* y) override;
+  absl::Status ColumnDot(const Tensor& a, const Tensor& b, double beta, Tensor* out) override;
+  absl::Status Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) override;
 };
 
 }  // namespace sigmatune::model

@@ -2,9 +2,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/model/backend.h"
+#include "kernels/ops/adapter_ops.h"
+#include "kernels/ops/cast.h"
+#include "kernels/ops/covariance.h"
 #include "kernels/ops/embedding.h"
+#include "kernels/ops/inverse.h"
+#include "kernels/ops/matrix_util.h"
 #include "kernels/ops/matmul.h"
 #include "kernels/ops/rms_norm.h"
+#include "kernels/ops/rsvd.h"
+#include "kernels/ops/segment_scale.h"
+#include "kernels/ops/svd.h"
 #include "kernels/ops/swiglu.h"
 
 namespace sigmatune::model {
@@ -95,6 +103,54 @@ absl::Status CpuBackend::LmHeadCrossEntropyBackward(const Tensor& hidden, const 
                                                     const kernels::CrossEntropyOptions& options, double grad_scale,
                                                     Tensor* dhidden) {
   return kernels::cpu::LmHeadCrossEntropyBackward(hidden, weight, targets, options, grad_scale, dhidden, nullptr);
+}
+
+absl::Status CpuBackend::Cast(const Tensor& src, Tensor* dst) { return kernels::cpu::Cast(src, dst); }
+
+absl::Status CpuBackend::Svd(const Tensor& a, Tensor* u, Tensor* s, Tensor* vt) {
+  return kernels::cpu::Svd(a, u, s, vt);
+}
+
+absl::Status CpuBackend::RandomizedSvd(const Tensor& a, int64_t rank, int niter, uint64_t seed, Tensor* u, Tensor* s,
+                                       Tensor* vt) {
+  return kernels::cpu::RandomizedSvd(a, rank, niter, seed, u, s, vt);
+}
+
+absl::Status CpuBackend::Inverse(const Tensor& a, Tensor* inv) { return kernels::cpu::Inverse(a, inv); }
+
+absl::StatusOr<double> CpuBackend::DiagonalMean(const Tensor& a) { return kernels::cpu::DiagonalMean(a); }
+
+absl::Status CpuBackend::AddScaledIdentity(double alpha, Tensor* a) {
+  return kernels::cpu::AddScaledIdentity(alpha, a);
+}
+
+absl::StatusOr<double> CpuBackend::DistanceFromIdentity(const Tensor& a) {
+  return kernels::cpu::DistanceFromIdentity(a);
+}
+
+absl::StatusOr<int64_t> CpuBackend::CountNonFinite(const Tensor& t) { return kernels::cpu::CountNonFinite(t); }
+
+absl::Status CpuBackend::AccumulateCovariance(const Tensor& x, double alpha, Tensor* c,
+                                              kernels::CovarianceFill fill) {
+  return kernels::cpu::AccumulateCovariance(x, alpha, c, fill);
+}
+
+absl::Status CpuBackend::SymmetrizeFromUpper(Tensor* c) { return kernels::cpu::SymmetrizeFromUpper(c); }
+
+absl::Status CpuBackend::ScaleSegmentsByAbsMax(const Tensor& x, const Tensor& cu_seqlens, Tensor* y, Tensor* bad) {
+  return kernels::cpu::ScaleSegmentsByAbsMax(x, cu_seqlens, y, bad);
+}
+
+absl::Status CpuBackend::ScaleColumns(const Tensor& x, const Tensor& d, Tensor* y) {
+  return kernels::cpu::ScaleColumns(x, d, y);
+}
+
+absl::Status CpuBackend::ColumnDot(const Tensor& a, const Tensor& b, double beta, Tensor* out) {
+  return kernels::cpu::ColumnDot(a, b, beta, out);
+}
+
+absl::Status CpuBackend::Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) {
+  return kernels::cpu::Dropout(x, p, seed, y);
 }
 
 }  // namespace sigmatune::model

@@ -446,6 +446,11 @@ absl::StatusOr<Tensor> LlamaModel::Backward(ModelObserver* observer, double grad
   return dh;
 }
 
+absl::Status LlamaModel::Observe(const Batch& batch, ModelObserver* observer) {
+  have_saved_ = false;
+  return FinalHidden(batch, observer, nullptr).status();
+}
+
 absl::StatusOr<Tensor> LlamaModel::Logits(const Batch& batch) {
   have_saved_ = false;
   ST_ASSIGN_OR_RETURN(Tensor hn, FinalHidden(batch, nullptr, nullptr));

@@ -146,6 +146,9 @@ class LlamaModel {
   // d loss / d parameters of the adapters (via LinearAdapter::Backward). Returns d loss / d input
   // embeddings [T, hidden]. `grad_scale` multiplies the loss gradient (e.g. 1 / accumulation steps).
   absl::StatusOr<Tensor> Backward(ModelObserver* observer = nullptr, double grad_scale = 1.0);
+  // A forward pass for the observer only (calibration): runs every layer, keeps nothing, computes
+  // no loss (labels may be undefined).
+  absl::Status Observe(const Batch& batch, ModelObserver* observer);
   // Full logits [T, vocab] (evaluation; no state kept).
   absl::StatusOr<Tensor> Logits(const Batch& batch);
 
