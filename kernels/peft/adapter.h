@@ -1,0 +1,74 @@
+// LowRankAdapter: the trainable part of every method, in the model's per-linear adapter slot
+// (model::LinearAdapter). It adds
+//     y += s * B diag(d) A drop(x)          (d is all ones unless the adapter has one: KaSA)
+// to the frozen layer's output, and in Backward accumulates the parameter gradients
+//     u = A drop(x) [T, r], v = d * u, g = s * dy B [T, r]
+//     dB += s * dy^T v,  dd += sum_t g * u,  dA += (g * d)^T drop(x),
+// and adds (g * d) A, masked and scaled as the dropout was, to dx.
+//
+// Contract:
+//  - Parameters and their gradients live on the backend's device in the backend's activation
+//    dtype (f32 on the CPU; f64 works on the CPU backend too, for tests). Gradients accumulate
+//    across Backward calls until ZeroGrad (gradient accumulation).
+//  - Dropout (p > 0) draws its mask from kernels::Dropout with the seed set by set_dropout_seed
+//    (the trainer sets a new one per micro-batch): Forward and a recomputed Forward
+//    (Recompute::kPerLayer) of the same micro-batch drop the same elements, and Backward uses the
+//    same mask. With p == 0 nothing is drawn.
+//  - Backward must follow a Forward on the same x (the model guarantees it). Not thread safe.
+#ifndef SIGMATUNE_KERNELS_PEFT_ADAPTER_H_
+#define SIGMATUNE_KERNELS_PEFT_ADAPTER_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/base/tensor.h"
+#include "kernels/model/backend.h"
+#include "kernels/model/llama.h"
+
+namespace sigmatune::peft {
+
+enum class HasDiagonal { kNo, kYes };
+
+class LowRankAdapter final : public model::LinearAdapter {
+ public:
+  // a [r, n], b [m, r], d [r] (undefined unless KaSA), all of one dtype on the backend's device;
+  // copied into the adapter. InvalidArgument for mismatched shapes, dtypes or 0 > dropout >= 1.
+  static absl::StatusOr<std::unique_ptr<LowRankAdapter>> Create(model::ModelBackend* backend, const Tensor& a,
+                                                                const Tensor& b, const Tensor& d, double scale,
+                                                                double dropout);
+
+  absl::Status Forward(const Tensor& x, Tensor* y) override;
+  absl::Status Backward(const Tensor& x, const Tensor& dy, Tensor* dx) override;
+
+  void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; }
+  absl::Status ZeroGrad();
+
+  int64_t rank() const { return a_.dim(0); }
+  double scale() const { return scale_; }
+  double dropout() const { return dropout_; }
+  HasDiagonal has_diagonal() const { return d_.defined() ? HasDiagonal::kYes : HasDiagonal::kNo; }
+  // Parameters and gradients (same shapes); the optimizer updates the parameters in place.
+  Tensor& a() { return a_; }
+  Tensor& b() { return b_; }
+  Tensor& d() { return d_; }
+  Tensor& grad_a() { return grad_a_; }
+  Tensor& grad_b() { return grad_b_; }
+  Tensor& grad_d() { return grad_d_; }
+
+ private:
+  LowRankAdapter(model::ModelBackend* backend, double scale, double dropout)
+      : backend_(backend), scale_(scale), dropout_(dropout) {}
+
+  model::ModelBackend* backend_;
+  double scale_;
+  double dropout_;
+  uint64_t dropout_seed_ = 0;
+  Tensor a_, b_, d_;
+  Tensor grad_a_, grad_b_, grad_d_;
+};
+
+}  // namespace sigmatune::peft
+
+#endif  // SIGMATUNE_KERNELS_PEFT_ADAPTER_H_
