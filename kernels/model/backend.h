@@ -9,12 +9,15 @@
 #ifndef SIGMATUNE_KERNELS_MODEL_BACKEND_H_
 #define SIGMATUNE_KERNELS_MODEL_BACKEND_H_
 
+#include <memory>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/base/tensor.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/blas_layout.h"
 #include "kernels/ops/covariance.h"
+#include "kernels/ops/cpu_context.h"
 #include "kernels/ops/cross_entropy.h"
 #include "kernels/ops/rope.h"
 
@@ -53,8 +56,10 @@ class ModelBackend {
   virtual absl::Status SwigluForward(const Tensor& gate, const Tensor& up, Tensor* out) = 0;
   virtual absl::Status SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor* dgate,
                                       Tensor* dup) = 0;
+  // dhidden_unit may be null (see kernels/ops/cross_entropy.h).
   virtual absl::StatusOr<kernels::CrossEntropyStats> LmHeadCrossEntropyForward(
-      const Tensor& hidden, const Tensor& weight, const Tensor& targets, const kernels::CrossEntropyOptions& options) = 0;
+      const Tensor& hidden, const Tensor& weight, const Tensor& targets, const kernels::CrossEntropyOptions& options,
+      Tensor* dhidden_unit) = 0;
   virtual absl::Status LmHeadCrossEntropyBackward(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
                                                   const kernels::CrossEntropyOptions& options, double grad_scale,
                                                   Tensor* dhidden) = 0;
@@ -77,9 +82,21 @@ class ModelBackend {
   virtual absl::Status Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) = 0;
 };
 
-// fp32 on the host: OpenBLAS GEMMs and the kernels::cpu reference ops.
+// fp32 on the host: OpenBLAS GEMMs and the kernels::cpu reference ops. It owns the
+// kernels::CpuContext the ops run with (a thread pool for their row/elementwise loops: GEMMs use
+// OpenBLAS's own threads and the two never run at the same time; a reusable scratch workspace) and
+// a cache of the buffers Allocate/Zeros hand out: a freed buffer of 64 KiB or more is kept (up to
+// 2 GiB of them) for the next request of its size class (four classes per power of two), so the
+// activations of one step reuse the memory of the previous one instead of faulting in fresh pages.
+// Not thread safe (one model at a time drives it).
 class CpuBackend final : public ModelBackend {
  public:
+  // As many threads as OpenBLAS uses (openblas_get_num_threads(): OPENBLAS_NUM_THREADS or the cores).
+  CpuBackend();
+  // num_threads >= 1 (1: every loop on the calling thread).
+  explicit CpuBackend(int num_threads);
+  ~CpuBackend() override;
+
   Device device() const override { return Device::Cpu(); }
   DType activation_dtype() const override { return DType::kF32; }
   absl::StatusOr<Tensor> Allocate(const Shape& shape, DType dtype) override;
@@ -104,8 +121,8 @@ class CpuBackend final : public ModelBackend {
   absl::Status SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor* dgate,
                               Tensor* dup) override;
   absl::StatusOr<kernels::CrossEntropyStats> LmHeadCrossEntropyForward(
-      const Tensor& hidden, const Tensor& weight, const Tensor& targets,
-      const kernels::CrossEntropyOptions& options) override;
+      const Tensor& hidden, const Tensor& weight, const Tensor& targets, const kernels::CrossEntropyOptions& options,
+      Tensor* dhidden_unit) override;
   absl::Status LmHeadCrossEntropyBackward(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
                                           const kernels::CrossEntropyOptions& options, double grad_scale,
                                           Tensor* dhidden) override;
@@ -124,6 +141,12 @@ class CpuBackend final : public ModelBackend {
   absl::Status ScaleColumns(const Tensor& x, const Tensor& d, Tensor* y) override;
   absl::Status ColumnDot(const Tensor& a, const Tensor& b, double beta, Tensor* out) override;
   absl::Status Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) override;
+
+ private:
+  class BufferCache;
+
+  std::unique_ptr<kernels::CpuContext> ctx_;
+  std::shared_ptr<BufferCache> cache_;
 };
 
 }  // namespace sigmatune::model

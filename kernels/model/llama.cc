@@ -407,10 +407,14 @@ absl::StatusOr<ForwardResult> LlamaModel::Forward(const Batch& batch, ModelObser
   if (!batch.labels.defined()) {
     return absl::InvalidArgumentError("LlamaModel::Forward needs batch.labels (use Logits for inference)");
   }
-  ST_ASSIGN_OR_RETURN(saved_final_hidden_, FinalHidden(batch, observer, &saved_final_pre_norm_));
+  ST_ASSIGN_OR_RETURN(const Tensor hn, FinalHidden(batch, observer, &saved_final_pre_norm_));
+  // The lm_head is frozen, so its backward is only d hn = grad_scale * (softmax - onehot) @ lm_head:
+  // form the unscaled product now, while the forward holds each chunk's logits, instead of
+  // recomputing them in Backward.
+  ST_ASSIGN_OR_RETURN(saved_dhidden_unit_, backend_->Allocate(hn.shape(), hn.dtype()));
   ST_ASSIGN_OR_RETURN(const kernels::CrossEntropyStats stats,
-                      backend_->LmHeadCrossEntropyForward(saved_final_hidden_, weights_.lm_head, batch.labels,
-                                                          kernels::CrossEntropyOptions()));
+                      backend_->LmHeadCrossEntropyForward(hn, weights_.lm_head, batch.labels,
+                                                          kernels::CrossEntropyOptions(), &saved_dhidden_unit_));
   batch_ = batch;
   have_saved_ = true;
   saved_count_ = stats.count;
@@ -422,11 +426,11 @@ absl::StatusOr<Tensor> LlamaModel::Backward(ModelObserver* observer, double grad
   have_saved_ = false;
   const int64_t t = batch_.input_ids.dim(0), d = config_.hidden_size;
   const DType dt = backend_->activation_dtype();
-  ST_ASSIGN_OR_RETURN(Tensor dhn, backend_->Allocate({t, d}, dt));
+  ST_ASSIGN_OR_RETURN(Tensor dhn, backend_->Zeros({t, d}, dt));
   // The loss is the mean over targets: each token's loss has weight 1 / count.
   const double per_token = saved_count_ > 0 ? grad_scale / static_cast<double>(saved_count_) : 0.0;
-  ST_RETURN_IF_ERROR(backend_->LmHeadCrossEntropyBackward(saved_final_hidden_, weights_.lm_head, batch_.labels,
-                                                          kernels::CrossEntropyOptions(), per_token, &dhn));
+  ST_RETURN_IF_ERROR(backend_->Axpy(per_token, saved_dhidden_unit_, &dhn));
+  saved_dhidden_unit_ = Tensor();
   ST_ASSIGN_OR_RETURN(Tensor dh, backend_->Allocate({t, d}, dt));
   ST_RETURN_IF_ERROR(
       backend_->RmsNormBackward(saved_final_pre_norm_, weights_.final_norm, config_.rms_norm_eps, dhn, &dh));
@@ -441,7 +445,6 @@ absl::StatusOr<Tensor> LlamaModel::Backward(ModelObserver* observer, double grad
     saved_[l].reset();
   }
   saved_.clear();
-  saved_final_hidden_ = Tensor();
   saved_final_pre_norm_ = Tensor();
   return dh;
 }

@@ -141,7 +141,8 @@ class LlamaModel {
   void SetAdapter(int64_t layer, LinearKind kind, LinearAdapter* adapter);
   void set_recompute(Recompute recompute) { recompute_ = recompute; }
 
-  // Loss over batch.labels; keeps what Backward needs.
+  // Loss over batch.labels; keeps what Backward needs (including the lm_head part of the gradient,
+  // formed here while the logits are at hand: one [T, vocab] x [vocab, hidden] GEMM).
   absl::StatusOr<ForwardResult> Forward(const Batch& batch, ModelObserver* observer = nullptr);
   // d loss / d parameters of the adapters (via LinearAdapter::Backward). Returns d loss / d input
   // embeddings [T, hidden]. `grad_scale` multiplies the loss gradient (e.g. 1 / accumulation steps).
@@ -183,7 +184,7 @@ class LlamaModel {
   Batch batch_;
   std::vector<std::unique_ptr<LayerActivations>> saved_;
   Tensor saved_final_pre_norm_;
-  Tensor saved_final_hidden_;
+  Tensor saved_dhidden_unit_;  // d (sum of the token losses) / d (normed final hidden)
   int64_t saved_count_ = 0;
   bool have_saved_ = false;
 };

@@ -28,17 +28,21 @@ class GpuContext;
 
 namespace sigmatune::kernels {
 
+class CpuContext;
+
 // Shape / cu_seqlens checks shared by both backends (cu_seqlens must be a CPU tensor).
 absl::Status CheckAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                             const Tensor& out, const Tensor& lse);
 
 namespace cpu {
-// Per (sequence, head) GEMMs (OpenBLAS) with an explicit causal softmax; O(T^2) memory per sequence.
+// GEMMs (OpenBLAS) per (sequence, kv head), the group's query heads stacked into one operand, with
+// an explicit causal softmax; O(group * T^2) scratch per sequence (batched over sequences up to 4M
+// scores). ctx (may be null: serial) splits the softmax rows; the results do not depend on it.
 absl::Status AttentionForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
-                              Tensor* out, Tensor* lse);
+                              Tensor* out, Tensor* lse, CpuContext* ctx = nullptr);
 absl::Status AttentionBackward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                                const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor* dq, Tensor* dk,
-                               Tensor* dv);
+                               Tensor* dv, CpuContext* ctx = nullptr);
 }  // namespace cpu
 
 namespace cuda {

@@ -20,12 +20,22 @@
 //   dweight    += d logits^T @ hidden                                      (ACCUMULATED; may be null
 //                                                                           for a frozen lm_head)
 //
+// LmHeadCrossEntropyForward can also form the hidden gradient while it holds each chunk's logits:
+// when dhidden_unit is not null it is overwritten with Backward's dhidden for grad_scale = 1,
+//   dhidden_unit = (softmax(logits) - onehot(targets)) @ weight                (0 rows where ignored)
+// (one more [tokens, vocab] x [vocab, d] GEMM in the forward). Backward's dhidden for any grad_scale
+// is then grad_scale * dhidden_unit, so a caller with a frozen lm_head skips Backward and its
+// recomputation of the logits. dhidden_unit has Backward's dhidden dtypes (below); on cuda with
+// bf16 weights the unscaled d logits are rounded to bf16 before the GEMM.
+//
 // Contract: hidden [tokens, d], weight [vocab, d], logits/dlogits [tokens, vocab], targets i32
-// [tokens], dhidden [tokens, d], dweight [vocab, d]; contiguous, on the backend's device. Each target
-// is ignore_index or in [0, vocab); otherwise InvalidArgument "cross_entropy: targets[<pos>] = <v> is
-// outside [0, <vocab>) and is not ignore_index <i>" naming the first bad position. chunk_tokens > 0.
+// [tokens], dhidden and dhidden_unit [tokens, d], dweight [vocab, d]; contiguous, on the backend's
+// device. Each target is ignore_index or in [0, vocab); otherwise InvalidArgument "cross_entropy:
+// targets[<pos>] = <v> is outside [0, <vocab>) and is not ignore_index <i>" naming the first bad
+// position. chunk_tokens > 0.
 // Dtypes:
-//   cpu:  everything f32 or everything f64 (log-sum-exp accumulated in double).
+//   cpu:  everything f32 or everything f64 (log-sum-exp accumulated in double; for f32 the exps
+//         are f32 SIMD exps, about 2 ulp, summed in double).
 //   cuda: hidden and weight both f32 or both bf16 (cuBLAS, fp32 accumulation, no TF32); logits f32 or
 //         bf16 with dlogits of the same dtype; dhidden f32 or hidden's dtype; dweight f32. For bf16
 //         weights the d logits chunk is rounded to bf16 before the two backward GEMMs (as PyTorch's
@@ -47,6 +57,8 @@ class GpuContext;
 
 namespace sigmatune::kernels {
 
+class CpuContext;
+
 inline constexpr int32_t kIgnoreIndex = -100;
 
 struct CrossEntropyOptions {
@@ -66,12 +78,15 @@ absl::Status CheckLmHeadCrossEntropy(const Tensor& hidden, const Tensor& weight,
 absl::Status CheckCrossEntropy(const Tensor& logits, const Tensor& targets);
 
 namespace cpu {
+// ctx (may be null: serial) splits each chunk's rows; the results do not depend on it.
 absl::StatusOr<CrossEntropyStats> LmHeadCrossEntropyForward(const Tensor& hidden, const Tensor& weight,
                                                             const Tensor& targets,
-                                                            const CrossEntropyOptions& options);
+                                                            const CrossEntropyOptions& options,
+                                                            Tensor* dhidden_unit = nullptr,
+                                                            CpuContext* ctx = nullptr);
 absl::Status LmHeadCrossEntropyBackward(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
                                         const CrossEntropyOptions& options, double grad_scale, Tensor* dhidden,
-                                        Tensor* dweight);
+                                        Tensor* dweight, CpuContext* ctx = nullptr);
 absl::StatusOr<CrossEntropyStats> CrossEntropyForward(const Tensor& logits, const Tensor& targets,
                                                       int32_t ignore_index);
 absl::Status CrossEntropyBackward(const Tensor& logits, const Tensor& targets, int32_t ignore_index,
@@ -83,7 +98,8 @@ namespace cuda {
 // ctx.Workspace(); ResourceExhausted if it does not fit.
 absl::StatusOr<CrossEntropyStats> LmHeadCrossEntropyForward(GpuContext& ctx, const Tensor& hidden,
                                                             const Tensor& weight, const Tensor& targets,
-                                                            const CrossEntropyOptions& options);
+                                                            const CrossEntropyOptions& options,
+                                                            Tensor* dhidden_unit = nullptr);
 absl::Status LmHeadCrossEntropyBackward(GpuContext& ctx, const Tensor& hidden, const Tensor& weight,
                                         const Tensor& targets, const CrossEntropyOptions& options,
                                         double grad_scale, Tensor* dhidden, Tensor* dweight);

@@ -196,18 +196,25 @@ absl::Status CrossEntropyBackward(GpuContext& ctx, const Tensor& logits, const T
 
 absl::StatusOr<CrossEntropyStats> LmHeadCrossEntropyForward(GpuContext& ctx, const Tensor& hidden,
                                                             const Tensor& weight, const Tensor& targets,
-                                                            const CrossEntropyOptions& options) {
+                                                            const CrossEntropyOptions& options,
+                                                            Tensor* dhidden_unit) {
   ST_RETURN_IF_ERROR(CheckLmHeadCrossEntropy(hidden, weight, targets, options));
   ST_RETURN_IF_ERROR(CheckCudaLmHead(hidden, weight));
+  if (dhidden_unit != nullptr) {
+    ST_RETURN_IF_ERROR(kernels::nn::ExpectTensor(*dhidden_unit, kOp, "dhidden_unit", hidden.shape(),
+                                                 {DType::kF32, hidden.dtype()}));
+  }
   ST_RETURN_IF_ERROR(ExpectAllOnDevice(ctx, {{&hidden, "cross_entropy hidden"},
                                              {&weight, "cross_entropy lm_head weight"},
-                                             {&targets, "cross_entropy targets"}}));
+                                             {&targets, "cross_entropy targets"},
+                                             {dhidden_unit, "cross_entropy dhidden_unit"}}));
   const int64_t tokens = hidden.dim(0), vocab = weight.dim(0);
   ST_ASSIGN_OR_RETURN(const std::vector<int32_t> host_targets,
                       HostTargets(ctx, targets, vocab, options.ignore_index));
   if (tokens == 0) return CrossEntropyStats{};
+  const bool bf16 = dhidden_unit != nullptr && weight.dtype() == DType::kBF16;
   const int64_t chunk = std::min(options.chunk_tokens, tokens);
-  ST_ASSIGN_OR_RETURN(const Scratch s, GetScratch(ctx, chunk, vocab, tokens, false));
+  ST_ASSIGN_OR_RETURN(const Scratch s, GetScratch(ctx, chunk, vocab, tokens, bf16));
   const Device dev = Device::Cuda(ctx.ordinal());
   for (int64_t t0 = 0; t0 < tokens; t0 += chunk) {
     const int64_t rows = std::min(chunk, tokens - t0);
@@ -216,6 +223,20 @@ absl::StatusOr<CrossEntropyStats> LmHeadCrossEntropyForward(GpuContext& ctx, con
         Matmul(ctx, hidden.Slice(0, t0, t0 + rows), Transpose::kNo, weight, Transpose::kYes, 1.0, 0.0, &logits));
     LaunchRowLoss(ctx, logits, targets.data<int32_t>() + t0, rows, options.ignore_index, s.row_loss + t0);
     ST_RETURN_IF_ERROR(CudaStatus(cudaGetLastError(), "cross_entropy RowLossKernel launch"));
+    if (dhidden_unit == nullptr) continue;
+    // The chunk's d logits for grad_scale 1 (after the loss kernel has read the logits), then its
+    // rows of dhidden_unit.
+    Tensor grad = bf16 ? Tensor::Wrap(s.logits16, {rows, vocab}, DType::kBF16, dev) : logits;
+    if (bf16) {
+      GradKernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream()>>>(
+          s.logits, targets.data<int32_t>() + t0, vocab, options.ignore_index, 1.0f, s.logits16);
+    } else {
+      GradKernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream()>>>(
+          s.logits, targets.data<int32_t>() + t0, vocab, options.ignore_index, 1.0f, s.logits);
+    }
+    ST_RETURN_IF_ERROR(CudaStatus(cudaGetLastError(), "cross_entropy GradKernel launch"));
+    Tensor dh = dhidden_unit->Slice(0, t0, t0 + rows);
+    ST_RETURN_IF_ERROR(Matmul(ctx, grad, Transpose::kNo, weight, Transpose::kNo, 1.0, 0.0, &dh));
   }
   return SumOnHost(ctx, s.row_loss, host_targets, options.ignore_index);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/ops/cpu_context.h"
 #include "kernels/testing/compare.h"
 #include "kernels/testing/finite_diff.h"
 #include "kernels/testing/golden.h"
@@ -107,6 +108,47 @@ TEST(CrossEntropyCpuTest, ChunkingDoesNotChangeResultsAtVocab4097) {
   }
 }
 
+TEST(CrossEntropyCpuTest, ForwardFormsTheUnitHiddenGradient) {
+  // dhidden_unit from the forward, scaled, is the backward's dhidden; the loss is unchanged; a
+  // context (rows split over threads, logits in its workspace) changes no bit.
+  CpuContext ctx(2);
+  for (DType dt : {DType::kF32, DType::kF64}) {
+    for (int64_t chunk : {1, 7, 1024}) {
+      SCOPED_TRACE(::testing::Message() << DTypeName(dt) << " chunk " << chunk);
+      const Tensor hidden = RandomNormal({111, 8}, dt, 14), weight = RandomNormal({4097, 8}, dt, 15);
+      const Tensor targets = Targets(111, 4097, 4, 16);
+      CrossEntropyOptions options;
+      options.chunk_tokens = chunk;
+      auto plain = cpu::LmHeadCrossEntropyForward(hidden, weight, targets, options);
+      ASSERT_TRUE(plain.ok());
+      Tensor unit = RandomNormal(hidden.shape(), dt, 17), unit_ctx = RandomNormal(hidden.shape(), dt, 18);
+      auto stats = cpu::LmHeadCrossEntropyForward(hidden, weight, targets, options, &unit);
+      auto stats_ctx = cpu::LmHeadCrossEntropyForward(hidden, weight, targets, options, &unit_ctx, &ctx);
+      ASSERT_TRUE(stats.ok() && stats_ctx.ok());
+      EXPECT_EQ(stats->count, plain->count);
+      EXPECT_EQ(stats->loss_sum, plain->loss_sum);
+      EXPECT_EQ(stats_ctx->loss_sum, plain->loss_sum);
+      EXPECT_TRUE(AllClose(unit_ctx, unit, Tolerance{0, 0}));
+      const double scale = 0.37;
+      Tensor dh = Tensor::Empty(hidden.shape(), dt), dh_ctx = Tensor::Empty(hidden.shape(), dt);
+      ASSERT_TRUE(cpu::LmHeadCrossEntropyBackward(hidden, weight, targets, options, scale, &dh, nullptr).ok());
+      ASSERT_TRUE(
+          cpu::LmHeadCrossEntropyBackward(hidden, weight, targets, options, scale, &dh_ctx, nullptr, &ctx).ok());
+      EXPECT_TRUE(AllClose(dh_ctx, dh, Tolerance{0, 0}));
+      Tensor scaled = unit.To(DType::kF64);
+      for (int64_t i = 0; i < scaled.numel(); ++i) scaled.data<double>()[i] *= scale;
+      const Tolerance tol = dt == DType::kF32 ? Tolerance{1e-6, 1e-5} : Tolerance{1e-15, 1e-12};
+      EXPECT_TRUE(AllClose(dh, scaled, tol));
+      // Ignored rows are zero.
+      EXPECT_EQ(unit.To(DType::kF64).data<double>()[1 * 8], 0.0);
+    }
+  }
+  Tensor wrong = Tensor::Empty({111, 9}, DType::kF32);
+  auto s = cpu::LmHeadCrossEntropyForward(RandomNormal({111, 8}, DType::kF32, 1), RandomNormal({50, 8}, DType::kF32, 2),
+                                          Targets(111, 50, 4, 3), CrossEntropyOptions{}, &wrong);
+  EXPECT_NE(s.status().message().find("dhidden_unit must have shape"), std::string::npos) << s.status();
+}
+
 TEST(CrossEntropyCpuTest, AllIgnoredIsZeroLossWithCountZero) {
   const Tensor hidden = RandomNormal({7, 4}, DType::kF32, 8);
   const Tensor weight = RandomNormal({11, 4}, DType::kF32, 9);
@@ -174,6 +216,17 @@ TEST(CrossEntropyCudaTest, MatchesCpuOverAwkwardShapes) {
         const Tolerance tol = dt == DType::kBF16 ? Tolerance{1e-3, 2e-2} : Tolerance{1e-6, 1e-4};
         EXPECT_TRUE(AllClose(*hdh, ref_dh, tol));
         EXPECT_TRUE(AllClose(*hdw, ref_dw, tol));
+        // The forward's unit hidden gradient, scaled, is the backward's dhidden.
+        auto unit = ctx->Allocate(hidden.shape(), DType::kF32);
+        ASSERT_TRUE(unit.ok());
+        auto stats_unit = cuda::LmHeadCrossEntropyForward(*ctx, *dh_in, *dw_in, *dt_in, options, &*unit);
+        ASSERT_TRUE(stats_unit.ok()) << stats_unit.status();
+        EXPECT_EQ(stats_unit->loss_sum, stats->loss_sum);
+        auto hunit = ctx->ToHost(*unit);
+        ASSERT_TRUE(hunit.ok());
+        Tensor scaled = hunit->To(DType::kF64);
+        for (int64_t i = 0; i < scaled.numel(); ++i) scaled.data<double>()[i] *= scale;
+        EXPECT_TRUE(AllClose(scaled, ref_dh, tol));
       }
     }
   }

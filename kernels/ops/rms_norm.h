@@ -27,14 +27,18 @@ class GpuContext;
 
 namespace sigmatune::kernels {
 
+class CpuContext;
+
 // Shape checks shared by both backends (dtype rules are per backend). dw may be null.
 absl::Status CheckRmsNorm(const Tensor& x, const Tensor& w, double eps, const Tensor& y_or_dy, const Tensor* dx,
                           const Tensor* dw);
 
 namespace cpu {
-absl::Status RmsNormForward(const Tensor& x, const Tensor& w, double eps, Tensor* y);
+// ctx (may be null: serial) splits the rows; the results do not depend on it. A backward with dw
+// runs on the calling thread (dw is summed in row order).
+absl::Status RmsNormForward(const Tensor& x, const Tensor& w, double eps, Tensor* y, CpuContext* ctx = nullptr);
 absl::Status RmsNormBackward(const Tensor& x, const Tensor& w, double eps, const Tensor& dy, Tensor* dx,
-                             Tensor* dw);
+                             Tensor* dw, CpuContext* ctx = nullptr);
 }  // namespace cpu
 
 namespace cuda {

@@ -1,8 +1,12 @@
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/ops/cpu_context.h"
+#include "kernels/ops/cpu_vec.h"
 #include "kernels/ops/nn_util.h"
 #include "kernels/ops/rms_norm.h"
 
@@ -10,6 +14,8 @@ namespace sigmatune::kernels {
 namespace {
 
 constexpr char kOp[] = "rms_norm";
+
+constexpr int64_t kGrainElements = 1 << 14;  // elements per thread at least
 
 // rstd of one row, the way LlamaRMSNorm computes it for T (mean and rsqrt in T's precision).
 template <typename T>
@@ -20,34 +26,83 @@ T RowRstd(const T* x, int64_t d, double eps) {
   return T(1) / std::sqrt(var + static_cast<T>(eps));
 }
 
+// f32: the sum of squares in double over SIMD lanes.
+template <>
+float RowRstd(const float* x, int64_t d, double eps) {
+  vec::D2 acc = {0.0, 0.0};
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4) {
+    const vec::F4 v = vec::Load(x + j);
+    const vec::D2 lo = vec::WidenLo(v), hi = vec::WidenHi(v);
+    acc += lo * lo + hi * hi;
+  }
+  double sum = acc[0] + acc[1];
+  for (; j < d; ++j) sum += static_cast<double>(x[j]) * x[j];
+  const float var = static_cast<float>(sum / static_cast<double>(d));
+  return 1.0f / std::sqrt(var + static_cast<float>(eps));
+}
+
+// Rows [begin, end).
 template <typename T>
-void Forward(const T* x, const T* w, int64_t rows, int64_t d, double eps, T* y) {
-  for (int64_t t = 0; t < rows; ++t) {
-    const T r = RowRstd(x + t * d, d, eps);
-    for (int64_t j = 0; j < d; ++j) y[t * d + j] = x[t * d + j] * r * w[j];
+void Forward(const T* x, const T* w, int64_t begin, int64_t end, int64_t d, double eps, T* y) {
+  for (int64_t t = begin; t < end; ++t) {
+    const T* xr = x + t * d;
+    T* yr = y + t * d;
+    const T r = RowRstd(xr, d, eps);
+    int64_t j = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      const vec::F4 r4 = vec::Splat(r);
+      for (; j + 4 <= d; j += 4) vec::Store(yr + j, vec::Load(xr + j) * r4 * vec::Load(w + j));
+    }
+    for (; j < d; ++j) yr[j] = xr[j] * r * w[j];
   }
 }
 
+// Rows [begin, end) of dx; with dw_acc (sized d), also adds sum_t dy * n to it.
 template <typename T>
-void Backward(const T* x, const T* w, int64_t rows, int64_t d, double eps, const T* dy, T* dx, T* dw) {
-  std::vector<double> dw_acc(dw != nullptr ? d : 0, 0.0);
-  for (int64_t t = 0; t < rows; ++t) {
+void Backward(const T* x, const T* w, int64_t begin, int64_t end, int64_t d, double eps, const T* dy, T* dx,
+              double* dw_acc) {
+  for (int64_t t = begin; t < end; ++t) {
     const T* xr = x + t * d;
     const T* gr = dy + t * d;
+    T* dxr = dx + t * d;
     const double r = RowRstd(xr, d, eps);
+    int64_t j = 0;
     double dot = 0;  // sum_k g_k n_k
-    for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(gr[j]) * w[j] * xr[j] * r;
+    if constexpr (std::is_same_v<T, float>) {
+      const vec::D2 r2 = {r, r};
+      vec::D2 acc = {0.0, 0.0};
+      for (; j + 4 <= d; j += 4) {
+        const vec::F4 g = vec::Load(gr + j), wj = vec::Load(w + j), xj = vec::Load(xr + j);
+        acc += vec::WidenLo(g) * vec::WidenLo(wj) * vec::WidenLo(xj) * r2;
+        acc += vec::WidenHi(g) * vec::WidenHi(wj) * vec::WidenHi(xj) * r2;
+      }
+      dot = acc[0] + acc[1];
+    }
+    for (; j < d; ++j) dot += static_cast<double>(gr[j]) * w[j] * xr[j] * r;
     const double mean = dot / static_cast<double>(d);
-    for (int64_t j = 0; j < d; ++j) {
+    j = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      if (dw_acc == nullptr) {
+        const vec::D2 r2 = {r, r}, m2 = {mean, mean};
+        for (; j + 4 <= d; j += 4) {
+          const vec::F4 g = vec::Load(gr + j), wj = vec::Load(w + j), xj = vec::Load(xr + j);
+          const vec::D2 lo = r2 * (vec::WidenLo(g) * vec::WidenLo(wj) - vec::WidenLo(xj) * r2 * m2);
+          const vec::D2 hi = r2 * (vec::WidenHi(g) * vec::WidenHi(wj) - vec::WidenHi(xj) * r2 * m2);
+          vec::Store(dxr + j, vec::Narrow(lo, hi));
+        }
+      }
+    }
+    for (; j < d; ++j) {
       const double n = xr[j] * r;
-      dx[t * d + j] = static_cast<T>(r * (static_cast<double>(gr[j]) * w[j] - n * mean));
-      if (dw != nullptr) dw_acc[j] += static_cast<double>(gr[j]) * n;
+      dxr[j] = static_cast<T>(r * (static_cast<double>(gr[j]) * w[j] - n * mean));
+      if (dw_acc != nullptr) dw_acc[j] += static_cast<double>(gr[j]) * n;
     }
   }
-  if (dw != nullptr) {
-    for (int64_t j = 0; j < d; ++j) dw[j] = static_cast<T>(dw_acc[j]);
-  }
 }
+
+// Rows per thread at least, for rows of d elements.
+int64_t RowGrain(int64_t d) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(d, 1)); }
 
 absl::Status CheckCpuDTypes(const Tensor& x, std::initializer_list<const Tensor*> others) {
   if (x.dtype() != DType::kF32 && x.dtype() != DType::kF64) {
@@ -79,30 +134,47 @@ absl::Status CheckRmsNorm(const Tensor& x, const Tensor& w, double eps, const Te
 
 namespace cpu {
 
-absl::Status RmsNormForward(const Tensor& x, const Tensor& w, double eps, Tensor* y) {
+absl::Status RmsNormForward(const Tensor& x, const Tensor& w, double eps, Tensor* y, CpuContext* ctx) {
   ST_CHECK(y != nullptr);
   ST_RETURN_IF_ERROR(CheckRmsNorm(x, w, eps, *y, nullptr, nullptr));
   ST_RETURN_IF_ERROR(CheckCpuDTypes(x, {&w, y}));
-  if (x.dtype() == DType::kF32) {
-    Forward(x.data<float>(), w.data<float>(), x.dim(0), x.dim(1), eps, y->data<float>());
-  } else {
-    Forward(x.data<double>(), w.data<double>(), x.dim(0), x.dim(1), eps, y->data<double>());
-  }
+  const int64_t d = x.dim(1);
+  ParallelFor(ctx, x.dim(0), RowGrain(d), [&](int64_t begin, int64_t end) {
+    if (x.dtype() == DType::kF32) {
+      Forward(x.data<float>(), w.data<float>(), begin, end, d, eps, y->data<float>());
+    } else {
+      Forward(x.data<double>(), w.data<double>(), begin, end, d, eps, y->data<double>());
+    }
+  });
   return absl::OkStatus();
 }
 
 absl::Status RmsNormBackward(const Tensor& x, const Tensor& w, double eps, const Tensor& dy, Tensor* dx,
-                             Tensor* dw) {
+                             Tensor* dw, CpuContext* ctx) {
   ST_CHECK(dx != nullptr);
   ST_RETURN_IF_ERROR(CheckRmsNorm(x, w, eps, dy, dx, dw));
   ST_RETURN_IF_ERROR(CheckCpuDTypes(x, {&w, &dy, dx, dw}));
-  if (x.dtype() == DType::kF32) {
-    Backward(x.data<float>(), w.data<float>(), x.dim(0), x.dim(1), eps, dy.data<float>(), dx->data<float>(),
-             dw != nullptr ? dw->data<float>() : nullptr);
-  } else {
-    Backward(x.data<double>(), w.data<double>(), x.dim(0), x.dim(1), eps, dy.data<double>(), dx->data<double>(),
-             dw != nullptr ? dw->data<double>() : nullptr);
+  const int64_t rows = x.dim(0), d = x.dim(1);
+  if (dw != nullptr) {  // one thread, so that dw is summed in row order
+    std::vector<double> dw_acc(d, 0.0);
+    if (x.dtype() == DType::kF32) {
+      Backward(x.data<float>(), w.data<float>(), 0, rows, d, eps, dy.data<float>(), dx->data<float>(), dw_acc.data());
+      for (int64_t j = 0; j < d; ++j) dw->data<float>()[j] = static_cast<float>(dw_acc[j]);
+    } else {
+      Backward(x.data<double>(), w.data<double>(), 0, rows, d, eps, dy.data<double>(), dx->data<double>(),
+               dw_acc.data());
+      for (int64_t j = 0; j < d; ++j) dw->data<double>()[j] = dw_acc[j];
+    }
+    return absl::OkStatus();
   }
+  ParallelFor(ctx, rows, RowGrain(d), [&](int64_t begin, int64_t end) {
+    if (x.dtype() == DType::kF32) {
+      Backward(x.data<float>(), w.data<float>(), begin, end, d, eps, dy.data<float>(), dx->data<float>(), nullptr);
+    } else {
+      Backward(x.data<double>(), w.data<double>(), begin, end, d, eps, dy.data<double>(), dx->data<double>(),
+               nullptr);
+    }
+  });
   return absl::OkStatus();
 }
 

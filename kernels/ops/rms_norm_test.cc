@@ -3,6 +3,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "kernels/ops/cpu_context.h"
 #include "kernels/testing/compare.h"
 #include "kernels/testing/finite_diff.h"
 #include "kernels/testing/golden.h"
@@ -73,6 +74,28 @@ TEST(RmsNormCpuTest, BadInputsGetClearErrors) {
   EXPECT_NE(s.message().find("eps must be positive"), std::string::npos) << s;
   s = cpu::RmsNormForward(x, Tensor::Zeros({4}, DType::kF64), 1e-5, &y);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RmsNormCpuTest, ContextSplitGivesIdenticalResults) {
+  CpuContext ctx(2);
+  for (DType dt : {DType::kF32, DType::kF64}) {
+    SCOPED_TRACE(DTypeName(dt));
+    const Tensor x = RandomNormal({37, 1001}, dt, 11), w = RandomNormal({1001}, dt, 12);
+    const Tensor dy = RandomNormal({37, 1001}, dt, 13);
+    Tensor y[2], dx[2];
+    for (int i = 0; i < 2; ++i) {
+      y[i] = Tensor::Empty(x.shape(), dt), dx[i] = Tensor::Empty(x.shape(), dt);
+      CpuContext* c = i == 0 ? nullptr : &ctx;
+      ASSERT_TRUE(cpu::RmsNormForward(x, w, 1e-5, &y[i], c).ok());
+      ASSERT_TRUE(cpu::RmsNormBackward(x, w, 1e-5, dy, &dx[i], nullptr, c).ok());
+    }
+    EXPECT_TRUE(AllClose(y[1], y[0], Tolerance{0, 0}));
+    EXPECT_TRUE(AllClose(dx[1], dx[0], Tolerance{0, 0}));
+    // With dw (one thread, scalar loops), dx agrees too.
+    Tensor dx2 = Tensor::Empty(x.shape(), dt), dw = Tensor::Empty({1001}, dt);
+    ASSERT_TRUE(cpu::RmsNormBackward(x, w, 1e-5, dy, &dx2, &dw, &ctx).ok());
+    EXPECT_TRUE(AllClose(dx2, dx[0], Tolerance{1e-12, 1e-6}));
+  }
 }
 
 #if SIGMATUNE_WITH_CUDA

@@ -33,6 +33,8 @@ class GpuContext;
 
 namespace sigmatune::kernels {
 
+class CpuContext;
+
 enum class RopeScaling { kNone, kLlama3 };
 enum class RopeDirection { kForward, kBackward };
 
@@ -64,8 +66,10 @@ absl::StatusOr<std::vector<float>> RopeInvFreq(const RopeConfig& config);
 absl::Status CheckRope(const Tensor& x, const Tensor& positions, const RopeConfig& config, const Tensor& out);
 
 namespace cpu {
+// cos/sin are formed once per distinct position; ctx (may be null: serial) splits the tokens; the
+// results do not depend on it.
 absl::Status ApplyRope(const Tensor& x, const Tensor& positions, const RopeConfig& config, RopeDirection direction,
-                       Tensor* out);
+                       Tensor* out, CpuContext* ctx = nullptr);
 }  // namespace cpu
 
 namespace cuda {

@@ -1,7 +1,10 @@
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/ops/cpu_context.h"
 #include "kernels/ops/nn_util.h"
 #include "kernels/ops/rope.h"
 
@@ -10,29 +13,71 @@ namespace {
 
 constexpr char kOp[] = "rope";
 
+constexpr int64_t kGrainElements = 1 << 14;  // elements per thread at least
+
+// cos and sign * sin of position * inv_freq[i] (angle in fp32, as HF; cos/sin in double, rounded to T).
 template <typename T>
-void Rotate(const T* x, const int32_t* positions, int64_t tokens, int64_t heads, int64_t head_dim,
-            int64_t rotary_dim, const std::vector<float>& inv_freq, double sign, T* out) {
+void CosSin(int32_t position, const std::vector<float>& inv_freq, double sign, T* c, T* s) {
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    const float angle = static_cast<float>(position) * inv_freq[i];
+    c[i] = static_cast<T>(std::cos(static_cast<double>(angle)));
+    s[i] = static_cast<T>(sign * std::sin(static_cast<double>(angle)));
+  }
+}
+
+// Tokens [begin, end); cs holds, per token t, cos at cs[t][0, half) and sin at cs[t][half, 2 half).
+template <typename T>
+void Rotate(const T* x, int64_t begin, int64_t end, int64_t heads, int64_t head_dim, int64_t rotary_dim,
+            const T* const* cs, T* out) {
   const int64_t half = rotary_dim / 2;
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(positions[t]) * inv_freq[i];  // fp32, as HF
-      const T c = static_cast<T>(std::cos(static_cast<double>(angle)));
-      const T s = static_cast<T>(sign * std::sin(static_cast<double>(angle)));
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t base = (t * heads + h) * head_dim;
-        const T a = x[base + i], b = x[base + i + half];
-        out[base + i] = a * c - b * s;
-        out[base + i + half] = b * c + a * s;
+  for (int64_t t = begin; t < end; ++t) {
+    const T* c = cs[t];
+    const T* s = cs[t] + half;
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t base = (t * heads + h) * head_dim;
+      const T* xa = x + base;
+      const T* xb = x + base + half;
+      T* oa = out + base;
+      T* ob = out + base + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const T a = xa[i], b = xb[i];
+        oa[i] = a * c[i] - b * s[i];
+        ob[i] = b * c[i] + a * s[i];
       }
-    }
-    if (out != x) {
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t base = (t * heads + h) * head_dim;
+      if (out != x) {
         for (int64_t j = rotary_dim; j < head_dim; ++j) out[base + j] = x[base + j];
       }
     }
   }
+}
+
+// cos/sin once per distinct position (packed sequences repeat positions), then the rotation.
+template <typename T>
+void Apply(const T* x, const int32_t* positions, int64_t tokens, int64_t heads, int64_t head_dim,
+           const std::vector<float>& inv_freq, double sign, T* out, CpuContext* ctx) {
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+  int32_t lo = 0, hi = -1;
+  if (tokens > 0) lo = hi = positions[0];
+  for (int64_t t = 1; t < tokens; ++t) {
+    lo = std::min(lo, positions[t]);
+    hi = std::max(hi, positions[t]);
+  }
+  const int64_t range = static_cast<int64_t>(hi) - lo + 1;
+  const bool by_position = range <= tokens;  // else one row per token
+  const int64_t table_rows = by_position ? range : tokens;
+  std::vector<T> table(static_cast<size_t>(table_rows * 2 * half));
+  std::vector<const T*> cs(tokens);
+  for (int64_t r = 0; r < table_rows; ++r) {
+    T* row = table.data() + r * 2 * half;
+    CosSin(by_position ? static_cast<int32_t>(lo + r) : positions[r], inv_freq, sign, row, row + half);
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    cs[t] = table.data() + (by_position ? positions[t] - lo : t) * 2 * half;
+  }
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(heads * head_dim, 1));
+  ParallelFor(ctx, tokens, grain, [&](int64_t begin, int64_t end) {
+    Rotate(x, begin, end, heads, head_dim, 2 * half, cs.data(), out);
+  });
 }
 
 }  // namespace
@@ -92,7 +137,7 @@ absl::Status CheckRope(const Tensor& x, const Tensor& positions, const RopeConfi
 namespace cpu {
 
 absl::Status ApplyRope(const Tensor& x, const Tensor& positions, const RopeConfig& config, RopeDirection direction,
-                       Tensor* out) {
+                       Tensor* out, CpuContext* ctx) {
   ST_CHECK(out != nullptr);
   ST_RETURN_IF_ERROR(CheckRope(x, positions, config, *out));
   ST_ASSIGN_OR_RETURN(const std::vector<float> inv_freq, RopeInvFreq(config));
@@ -100,13 +145,12 @@ absl::Status ApplyRope(const Tensor& x, const Tensor& positions, const RopeConfi
     ST_RETURN_IF_ERROR(nn::ExpectCpu(*t, kOp, what));
   }
   const double sign = direction == RopeDirection::kForward ? 1.0 : -1.0;
-  const int64_t rotary_dim = 2 * static_cast<int64_t>(inv_freq.size());
   if (x.dtype() == DType::kF32) {
-    Rotate(x.data<float>(), positions.data<int32_t>(), x.dim(0), x.dim(1), x.dim(2), rotary_dim, inv_freq, sign,
-           out->data<float>());
+    Apply(x.data<float>(), positions.data<int32_t>(), x.dim(0), x.dim(1), x.dim(2), inv_freq, sign,
+          out->data<float>(), ctx);
   } else if (x.dtype() == DType::kF64) {
-    Rotate(x.data<double>(), positions.data<int32_t>(), x.dim(0), x.dim(1), x.dim(2), rotary_dim, inv_freq, sign,
-           out->data<double>());
+    Apply(x.data<double>(), positions.data<int32_t>(), x.dim(0), x.dim(1), x.dim(2), inv_freq, sign,
+          out->data<double>(), ctx);
   } else {
     return absl::InvalidArgumentError("cpu rope: x must be f32 or f64, got bf16");
   }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/ops/cpu_context.h"
 #include "kernels/testing/compare.h"
 #include "kernels/testing/finite_diff.h"
 #include "kernels/testing/golden.h"
@@ -131,6 +132,26 @@ TEST(RopeCpuTest, PartialRotaryAndPackedPositions) {
   }
   // Position 0 is the identity; equal positions give equal rotations (sequences restart).
   EXPECT_EQ(std::memcmp(out.data<float>(), x.data<float>(), 2 * 8 * 4), 0);
+}
+
+TEST(RopeCpuTest, SpreadPositionsAndContextSplitGiveIdenticalResults) {
+  // Positions spread wider than the token count take the per-token path, packed ones the
+  // per-position table; both, and any split over a context, give the same bits as one token at a time.
+  const RopeConfig config = Llama3Config();
+  CpuContext ctx(2);
+  for (const Tensor& pos : {Positions(300, 128), Positions(300, 100000)}) {
+    const Tensor x = RandomNormal({300, 3, 64}, DType::kF32, 4);
+    Tensor out = Tensor::Empty(x.shape(), DType::kF32), split = Tensor::Empty(x.shape(), DType::kF32);
+    ASSERT_TRUE(cpu::ApplyRope(x, pos, config, RopeDirection::kForward, &out).ok());
+    ASSERT_TRUE(cpu::ApplyRope(x, pos, config, RopeDirection::kForward, &split, &ctx).ok());
+    EXPECT_TRUE(AllClose(split, out, Tolerance{0, 0}));
+    for (int64_t t = 0; t < 300; t += 37) {
+      const Tensor xt = x.Slice(0, t, t + 1).Contiguous(), pt = pos.Slice(0, t, t + 1).Contiguous();
+      Tensor ot = Tensor::Empty(xt.shape(), DType::kF32);
+      ASSERT_TRUE(cpu::ApplyRope(xt, pt, config, RopeDirection::kForward, &ot).ok());
+      EXPECT_EQ(std::memcmp(ot.data<float>(), out.data<float>() + t * 3 * 64, 3 * 64 * 4), 0) << t;
+    }
+  }
 }
 
 TEST(RopeCpuTest, BadInputsGetClearErrors) {

@@ -20,12 +20,16 @@ class GpuContext;
 
 namespace sigmatune::kernels {
 
+class CpuContext;
+
 // Shapes equal, dtypes equal and floating, all contiguous (dtype sets are per backend).
 absl::Status CheckSwiglu(std::initializer_list<std::pair<const Tensor*, const char*>> operands);
 
 namespace cpu {
-absl::Status SwigluForward(const Tensor& gate, const Tensor& up, Tensor* out);
-absl::Status SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor* dgate, Tensor* dup);
+// ctx (may be null: serial) splits the elements; the results do not depend on it.
+absl::Status SwigluForward(const Tensor& gate, const Tensor& up, Tensor* out, CpuContext* ctx = nullptr);
+absl::Status SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor* dgate, Tensor* dup,
+                            CpuContext* ctx = nullptr);
 }  // namespace cpu
 
 namespace cuda {

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "kernels/ops/cpu_context.h"
 #include "kernels/testing/compare.h"
 #include "kernels/testing/finite_diff.h"
 #include "kernels/testing/golden.h"
@@ -64,6 +65,25 @@ TEST(SwigluCpuTest, InPlaceAndErrors) {
   Tensor out64 = Tensor::Empty({111}, DType::kF64);
   s = cpu::SwigluForward(gate, up, &out64);
   EXPECT_NE(s.message().find("must have the same dtype"), std::string::npos) << s;
+}
+
+TEST(SwigluCpuTest, ContextSplitGivesIdenticalResults) {
+  CpuContext ctx(2);
+  for (DType dt : {DType::kF32, DType::kF64}) {
+    SCOPED_TRACE(DTypeName(dt));
+    const Tensor g = RandomNormal({3, 100003}, dt, 9), u = RandomNormal({3, 100003}, dt, 10);
+    const Tensor d = RandomNormal({3, 100003}, dt, 11);
+    Tensor out[2], dg[2], du[2];
+    for (int i = 0; i < 2; ++i) {
+      out[i] = Tensor::Empty(g.shape(), dt), dg[i] = Tensor::Empty(g.shape(), dt), du[i] = Tensor::Empty(g.shape(), dt);
+      CpuContext* c = i == 0 ? nullptr : &ctx;
+      ASSERT_TRUE(cpu::SwigluForward(g, u, &out[i], c).ok());
+      ASSERT_TRUE(cpu::SwigluBackward(g, u, d, &dg[i], &du[i], c).ok());
+    }
+    EXPECT_TRUE(AllClose(out[1], out[0], Tolerance{0, 0}));
+    EXPECT_TRUE(AllClose(dg[1], dg[0], Tolerance{0, 0}));
+    EXPECT_TRUE(AllClose(du[1], du[0], Tolerance{0, 0}));
+  }
 }
 
 #if SIGMATUNE_WITH_CUDA
