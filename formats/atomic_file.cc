@@ -6,6 +6,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -162,6 +164,27 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
   ST_ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Open(path));
   ST_RETURN_IF_ERROR(writer.Append(contents));
   return writer.Commit();
+}
+
+absl::Status CreateDirectoryDurably(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("output directory path is empty; pass a directory");
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return absl::OkStatus();
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir)) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, ": cannot create the directory: ",
+                                                      ec ? ec.message() : "a file of that name exists",
+                                                      "; choose a writable output path"));
+  }
+  std::string parent = fs::path(dir).lexically_normal().parent_path().string();
+  if (parent.empty()) parent = ".";
+  const int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sigmatune::formats

@@ -23,6 +23,10 @@ namespace sigmatune::formats {
 // Writes `contents` to `path` atomically (see the contract above).
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
 
+// mkdir -p `dir`, then fsyncs its parent so a newly created entry is durable. InvalidArgument for an
+// empty path; FailedPrecondition naming `dir` when it cannot be created (or a file has its name).
+absl::Status CreateDirectoryDurably(const std::string& dir);
+
 // Streaming variant for files too large to hold in memory:
 //
 //   ST_ASSIGN_OR_RETURN(AtomicFileWriter w, AtomicFileWriter::Open(path));

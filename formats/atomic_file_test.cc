@@ -130,5 +130,24 @@ TEST(AtomicFileTest, RejectsDirectoryPath) {
   EXPECT_EQ(WriteFileAtomically("", "x").code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(CreateDirectoryDurablyTest, CreatesNestedDirectoriesIdempotently) {
+  const std::string base = MakeDir("create_dir");
+  const std::string nested = base + "/a/b/c";
+  ASSERT_TRUE(CreateDirectoryDurably(nested).ok());
+  EXPECT_TRUE(fs::is_directory(nested));
+  EXPECT_TRUE(CreateDirectoryDurably(nested).ok());
+  EXPECT_TRUE(CreateDirectoryDurably(nested + "/").ok());
+}
+
+TEST(CreateDirectoryDurablyTest, RefusesEmptyPathsAndFilesInTheWay) {
+  EXPECT_EQ(CreateDirectoryDurably("").code(), absl::StatusCode::kInvalidArgument);
+  const std::string base = MakeDir("create_dir_file");
+  const std::string file = base + "/taken";
+  ASSERT_TRUE(WriteFileAtomically(file, "x").ok());
+  const absl::Status status = CreateDirectoryDurably(file);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(status.message()).find(file), std::string::npos) << status;
+}
+
 }  // namespace
 }  // namespace sigmatune::formats

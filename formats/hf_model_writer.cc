@@ -1,9 +1,5 @@
 #include "formats/hf_model_writer.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <filesystem>
 #include <utility>
 #include <vector>
 
@@ -100,28 +96,6 @@ std::optional<std::string> TorchDTypeName(DType dtype) {
   }
 }
 
-absl::Status EnsureDirectory(const std::string& dir) {
-  if (dir.empty()) return absl::InvalidArgumentError("checkpoint directory path is empty");
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::is_directory(dir, ec)) return absl::OkStatus();
-  fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(dir, ": cannot create the directory: ",
-                     ec ? ec.message() : "a file of that name exists",
-                     "; choose a writable output path"));
-  }
-  std::string parent = fs::path(dir).lexically_normal().parent_path().string();
-  if (parent.empty()) parent = ".";
-  const int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::string> SerializeModelConfig(const ModelConfig& c) {
@@ -209,7 +183,7 @@ absl::Status WriteHfCheckpoint(const std::string& dir, const ModelConfig& config
   written.dtype = *TorchDTypeName(*dtype);  // the check guarantees at least the embeddings
   ST_ASSIGN_OR_RETURN(const std::string config_text, SerializeModelConfig(written));
 
-  ST_RETURN_IF_ERROR(EnsureDirectory(dir));
+  ST_RETURN_IF_ERROR(CreateDirectoryDurably(dir));
   ST_RETURN_IF_ERROR(WriteSafetensors(weights_path, tensors, {{"format", "pt"}}));
   return WriteFileAtomically(config_path, config_text);
 }

@@ -1,13 +1,10 @@
 #include "formats/peft_adapter.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -164,31 +161,6 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
 bool FileExists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-// mkdir -p `dir`; fsyncs the parent of a directory it created so the new entry is durable.
-absl::Status EnsureDirectory(const std::string& dir) {
-  if (dir.empty()) {
-    return absl::InvalidArgumentError("adapter directory path is empty; pass the output directory");
-  }
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::is_directory(dir, ec)) return absl::OkStatus();
-  fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(dir, ": cannot create the directory: ",
-                     ec ? ec.message() : "a file of that name exists",
-                     "; choose a writable output path"));
-  }
-  std::string parent = fs::path(dir).lexically_normal().parent_path().string();
-  if (parent.empty()) parent = ".";
-  const int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  return absl::OkStatus();
 }
 
 std::string JoinPath(const std::string& dir, absl::string_view name) {
@@ -628,7 +600,7 @@ absl::Status WritePeftAdapter(const std::string& dir, const PeftAdapter& adapter
     add(key + kSuffixB, w.lora_b);
     if (w.lora_diag.defined()) add(key + kSuffixDiag, w.lora_diag);
   }
-  ST_RETURN_IF_ERROR(EnsureDirectory(dir));
+  ST_RETURN_IF_ERROR(CreateDirectoryDurably(dir));
   ST_RETURN_IF_ERROR(WriteSafetensors(weights_path, tensors, {{"format", "pt"}}));
   return WriteFileAtomically(config_path, config_text);
 }
@@ -727,7 +699,7 @@ absl::Status WriteSigmatuneAdapterState(const std::string& dir, const SigmatuneA
           absl::StrCat(path, ": state tensor '", name, "' is undefined; pass a CPU tensor"));
     }
   }
-  ST_RETURN_IF_ERROR(EnsureDirectory(dir));
+  ST_RETURN_IF_ERROR(CreateDirectoryDurably(dir));
   std::map<std::string, std::string> metadata = state.metadata;
   metadata.emplace("format", "pt");
   return WriteSafetensors(path, state.tensors, metadata);
