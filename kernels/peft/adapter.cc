@@ -102,7 +102,7 @@ absl::Status LowRankAdapter::Forward(const Tensor& x, Tensor* y) {
   ST_RETURN_IF_ERROR(CheckActivations(a_, x, *y, "y", b_.dim(0)));
   const int64_t t = x.dim(0), r = rank();
   if (t == 0) return absl::OkStatus();
-  ST_ASSIGN_OR_RETURN(const Tensor xd, DroppedInput(*backend_, x, dropout_, dropout_seed_));
+  ST_ASSIGN_OR_RETURN(const Tensor xd, DroppedInput(*backend_, x, active_dropout(), dropout_seed_));
   // u = drop(x) A^T [T, r]; v = u diag(d); y += s v B^T.
   ST_ASSIGN_OR_RETURN(Tensor u, backend_->Allocate({t, r}, a_.dtype()));
   ST_RETURN_IF_ERROR(backend_->Matmul(xd, Transpose::kNo, a_, Transpose::kYes, 1.0, 0.0, &u));
@@ -118,7 +118,7 @@ absl::Status LowRankAdapter::Backward(const Tensor& x, const Tensor& dy, Tensor*
   if (t == 0) return absl::OkStatus();
   // Recomputed rather than kept from Forward: the same mask (a pure function of the seed), and
   // nothing [T, n]-sized stays alive between the passes.
-  ST_ASSIGN_OR_RETURN(const Tensor xd, DroppedInput(*backend_, x, dropout_, dropout_seed_));
+  ST_ASSIGN_OR_RETURN(const Tensor xd, DroppedInput(*backend_, x, active_dropout(), dropout_seed_));
   ST_ASSIGN_OR_RETURN(Tensor u, backend_->Allocate({t, r}, a_.dtype()));
   ST_RETURN_IF_ERROR(backend_->Matmul(xd, Transpose::kNo, a_, Transpose::kYes, 1.0, 0.0, &u));
   // g = s dy B [T, r]: the gradient w.r.t. v = u diag(d).
@@ -134,10 +134,10 @@ absl::Status LowRankAdapter::Backward(const Tensor& x, const Tensor& dy, Tensor*
   ST_RETURN_IF_ERROR(backend_->Matmul(dy, Transpose::kYes, u, Transpose::kNo, scale_, 1.0, &grad_b_));
   ST_RETURN_IF_ERROR(backend_->Matmul(g, Transpose::kYes, xd, Transpose::kNo, 1.0, 1.0, &grad_a_));
   // dx += drop'(g A): the dropout's Jacobian is the same mask and 1 / (1 - p) scale.
-  if (dropout_ == 0.0) return backend_->Matmul(g, Transpose::kNo, a_, Transpose::kNo, 1.0, 1.0, dx);
+  if (active_dropout() == 0.0) return backend_->Matmul(g, Transpose::kNo, a_, Transpose::kNo, 1.0, 1.0, dx);
   ST_ASSIGN_OR_RETURN(Tensor dxd, backend_->Allocate(x.shape(), a_.dtype()));
   ST_RETURN_IF_ERROR(backend_->Matmul(g, Transpose::kNo, a_, Transpose::kNo, 1.0, 0.0, &dxd));
-  ST_RETURN_IF_ERROR(backend_->Dropout(dxd, dropout_, dropout_seed_, &dxd));
+  ST_RETURN_IF_ERROR(backend_->Dropout(dxd, active_dropout(), dropout_seed_, &dxd));
   return backend_->Axpy(1.0, dxd, dx);
 }
 

@@ -14,6 +14,8 @@
 //    (the trainer sets a new one per micro-batch): Forward and a recomputed Forward
 //    (Recompute::kPerLayer) of the same micro-batch drop the same elements, and Backward uses the
 //    same mask. With p == 0 nothing is drawn.
+//  - AdapterMode::kEval (evaluation, generation) turns dropout off (PEFT's model.eval()); the mode
+//    starts as kTrain. Backward in kEval computes the gradients of the undropped forward.
 //  - Backward must follow a Forward on the same x (the model guarantees it). Not thread safe.
 #ifndef SIGMATUNE_KERNELS_PEFT_ADAPTER_H_
 #define SIGMATUNE_KERNELS_PEFT_ADAPTER_H_
@@ -30,6 +32,7 @@
 namespace sigmatune::peft {
 
 enum class HasDiagonal { kNo, kYes };
+enum class AdapterMode { kTrain, kEval };
 
 class LowRankAdapter final : public model::LinearAdapter {
  public:
@@ -43,6 +46,8 @@ class LowRankAdapter final : public model::LinearAdapter {
   absl::Status Backward(const Tensor& x, const Tensor& dy, Tensor* dx) override;
 
   void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; }
+  void set_mode(AdapterMode mode) { mode_ = mode; }
+  AdapterMode mode() const { return mode_; }
   absl::Status ZeroGrad();
 
   int64_t rank() const { return a_.dim(0); }
@@ -65,6 +70,9 @@ class LowRankAdapter final : public model::LinearAdapter {
   double scale_;
   double dropout_;
   uint64_t dropout_seed_ = 0;
+  AdapterMode mode_ = AdapterMode::kTrain;
+  // The dropout probability in effect (0 in kEval).
+  double active_dropout() const { return mode_ == AdapterMode::kTrain ? dropout_ : 0.0; }
   Tensor a_, b_, d_;
   Tensor grad_a_, grad_b_, grad_d_;
 };

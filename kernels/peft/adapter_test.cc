@@ -258,6 +258,26 @@ TEST(AdapterDropoutTest, MaskDependsOnSeedAndDropsAboutP) {
   EXPECT_GT(testing::RelativeError(y3, y1), 1e-3);
 }
 
+TEST(AdapterDropoutTest, EvalModeTurnsDropoutOff) {
+  model::CpuBackend backend;
+  const Tensor x = RandomNormal({16, 8}, DType::kF32, 5);
+  const Tensor a = RandomNormal({2, 8}, DType::kF32, 6), b = RandomNormal({4, 2}, DType::kF32, 7);
+  auto dropped = MakeAdapter(backend, a, b, Tensor(), 0.5);
+  auto plain = MakeAdapter(backend, a, b, Tensor(), 0.0);
+  Tensor y_train = Tensor::Zeros({16, 4}, DType::kF32), y_eval = Tensor::Zeros({16, 4}, DType::kF32);
+  Tensor y_plain = Tensor::Zeros({16, 4}, DType::kF32);
+  ASSERT_TRUE(dropped->Forward(x, &y_train).ok());
+  dropped->set_mode(AdapterMode::kEval);
+  ASSERT_TRUE(dropped->Forward(x, &y_eval).ok());
+  ASSERT_TRUE(plain->Forward(x, &y_plain).ok());
+  EXPECT_TRUE(AllClose(y_eval, y_plain, Tolerance{0, 0}));
+  EXPECT_GT(testing::RelativeError(y_train, y_plain), 1e-3);
+  dropped->set_mode(AdapterMode::kTrain);
+  Tensor y_again = Tensor::Zeros({16, 4}, DType::kF32);
+  ASSERT_TRUE(dropped->Forward(x, &y_again).ok());
+  EXPECT_TRUE(AllClose(y_again, y_train, Tolerance{0, 0}));
+}
+
 TEST(LowRankAdapterTest, ZeroBLeavesTheOutputUnchanged) {
   model::CpuBackend backend;
   const Tensor x = RandomNormal({kT, kN}, DType::kF32, 1), a = RandomNormal({kR, kN}, DType::kF32, 2);
