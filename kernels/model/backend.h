@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/base/tensor.h"
+#include "kernels/ops/adamw.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/blas_layout.h"
 #include "kernels/ops/covariance.h"
@@ -80,6 +81,10 @@ class ModelBackend {
   virtual absl::Status ScaleColumns(const Tensor& x, const Tensor& d, Tensor* y) = 0;
   virtual absl::Status ColumnDot(const Tensor& a, const Tensor& b, double beta, Tensor* out) = 0;
   virtual absl::Status Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) = 0;
+  // The optimizer step of adapter training (worker/train/optimizer.h).
+  virtual absl::Status AdamWStep(Tensor* param, const Tensor& grad, Tensor* exp_avg, Tensor* exp_avg_sq,
+                                 const kernels::AdamWStepArgs& args) = 0;
+  virtual absl::StatusOr<double> SumOfSquares(const Tensor& x) = 0;
 };
 
 // fp32 on the host: OpenBLAS GEMMs and the kernels::cpu reference ops. It owns the
@@ -141,6 +146,9 @@ class CpuBackend final : public ModelBackend {
   absl::Status ScaleColumns(const Tensor& x, const Tensor& d, Tensor* y) override;
   absl::Status ColumnDot(const Tensor& a, const Tensor& b, double beta, Tensor* out) override;
   absl::Status Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) override;
+  absl::Status AdamWStep(Tensor* param, const Tensor& grad, Tensor* exp_avg, Tensor* exp_avg_sq,
+                         const kernels::AdamWStepArgs& args) override;
+  absl::StatusOr<double> SumOfSquares(const Tensor& x) override;
 
  private:
   class BufferCache;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/model/backend.h"
+#include "kernels/ops/adamw.h"
 #include "kernels/ops/adapter_ops.h"
 #include "kernels/ops/cast.h"
 #include "kernels/ops/covariance.h"
@@ -249,5 +250,12 @@ absl::Status CpuBackend::ColumnDot(const Tensor& a, const Tensor& b, double beta
 absl::Status CpuBackend::Dropout(const Tensor& x, double p, uint64_t seed, Tensor* y) {
   return kernels::cpu::Dropout(x, p, seed, y);
 }
+
+absl::Status CpuBackend::AdamWStep(Tensor* param, const Tensor& grad, Tensor* exp_avg, Tensor* exp_avg_sq,
+                                   const kernels::AdamWStepArgs& args) {
+  return kernels::cpu::AdamWStep(param, grad, exp_avg, exp_avg_sq, args);
+}
+
+absl::StatusOr<double> CpuBackend::SumOfSquares(const Tensor& x) { return kernels::cpu::SumOfSquares(x); }
 
 }  // namespace sigmatune::model
