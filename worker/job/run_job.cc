@@ -1,0 +1,526 @@
+#include "worker/job/run_job.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "formats/atomic_file.h"
+#include "kernels/base/fingerprint.h"
+#include "kernels/base/status_macros.h"
+#include "kernels/model/backend.h"
+#include "kernels/peft/adapter.h"
+#include "kernels/peft/covariance_collector.h"
+#include "nlohmann/json.hpp"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/data/dataset.h"
+#include "worker/data/loader.h"
+#include "worker/job/adapters.h"
+#include "worker/job/model_bundle.h"
+#include "worker/job/report.h"
+#include "worker/job/spec.h"
+#include "worker/train/optimizer.h"
+#include "worker/train/schedule.h"
+
+namespace sigmatune::job {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double WallTime() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+double Since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// Prefixes an error with the phase it happened in (keeps the code).
+absl::Status InPhase(absl::string_view phase, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(phase, ": ", status.message()));
+}
+template <typename T>
+absl::StatusOr<T> InPhase(absl::string_view phase, absl::StatusOr<T> value) {
+  if (value.ok()) return value;
+  return InPhase(phase, value.status());
+}
+
+bool FileExists(const std::string& path) { return std::ifstream(path).good(); }
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+absl::Status Message(train::ProgressSink* sink, train::Phase phase, std::string message) {
+  train::ProgressEvent event;
+  event.phase = phase;
+  event.wall_time = WallTime();
+  event.message = std::move(message);
+  return sink->OnEvent(event);
+}
+
+// The fields that change the numbers a job produces (what a checkpoint must agree with).
+std::string JobIdentity(const v1::JobSpec& spec, const std::string& model_fingerprint) {
+  v1::JobSpec copy = spec;
+  copy.clear_name();
+  copy.clear_base_model();
+  copy.clear_eval_datasets();
+  copy.clear_save_steps();
+  copy.clear_save_total_limit();
+  copy.clear_logging_steps();
+  copy.clear_output_dir();
+  copy.clear_cache_dir();
+  copy.clear_export_merged();
+  copy.clear_device();
+  copy.clear_num_threads();
+  Fingerprint fp;
+  fp.UpdateField("sigmatune job identity 1");
+  fp.UpdateField(model_fingerprint);
+  fp.UpdateField(SpecToJson(copy));
+  return fp.Hex();
+}
+
+absl::StatusOr<data::RecordFormat> Format(const std::string& name) {
+  return data::ParseRecordFormat(name.empty() ? "auto" : name);
+}
+
+absl::StatusOr<data::Dataset> LoadTrainingData(const v1::JobSpec& spec, const data::SampleEncoder& encoder) {
+  data::Dataset all;
+  for (const v1::DatasetSpec& ds : spec.datasets()) {
+    data::DatasetOptions options;
+    options.path = ds.path();
+    ST_ASSIGN_OR_RETURN(options.format, Format(ds.format()));
+    options.train_on_input = ds.train_on_input() ? data::TrainOnInput::kYes : data::TrainOnInput::kNo;
+    options.max_samples = ds.max_samples();
+    options.max_seq_len = spec.sequence_len();
+    options.long_samples = spec.truncate_long_samples() ? data::LongSamples::kTruncate : data::LongSamples::kError;
+    ST_ASSIGN_OR_RETURN(data::Dataset one, data::LoadDataset(options, encoder));
+    for (data::TokenizedSample& s : one.samples) all.samples.push_back(std::move(s));
+    all.records += one.records;
+    all.untrained_samples += one.untrained_samples;
+    all.truncated_samples += one.truncated_samples;
+    all.tokens += one.tokens;
+    all.trained_tokens += one.trained_tokens;
+  }
+  if (all.trained_tokens == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "datasets: no token is trained (", all.samples.size(),
+        " samples, every one masked); check the record format, or set train_on_input: true"));
+  }
+  return all;
+}
+
+absl::StatusOr<std::vector<train::EvalSet>> LoadEvalSets(const v1::JobSpec& spec, const data::SampleEncoder& encoder) {
+  std::vector<train::EvalSet> sets;
+  for (const v1::EvalSetSpec& es : spec.eval_datasets()) {
+    train::EvalSet set;
+    set.name = es.name();
+    set.role = es.role() == "knowledge" ? train::EvalRole::kKnowledge : train::EvalRole::kTask;
+    set.max_new_tokens = es.max_new_tokens();
+    data::DatasetOptions options;
+    options.path = es.path();
+    ST_ASSIGN_OR_RETURN(options.format, Format(es.format()));
+    options.max_samples = es.max_samples();
+    options.max_seq_len = spec.sequence_len();
+    options.long_samples = data::LongSamples::kTruncate;
+    if (es.metric() == "exact_match") {
+      set.metric = train::EvalMetric::kExactMatch;
+      ST_ASSIGN_OR_RETURN(set.prompts, data::LoadPromptAnswerSet(options, encoder));
+    } else {
+      set.metric = train::EvalMetric::kPerplexity;
+      ST_ASSIGN_OR_RETURN(set.dataset, data::LoadDataset(options, encoder));
+    }
+    sets.push_back(std::move(set));
+  }
+  return sets;
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> LoadCalibration(const v1::JobSpec& spec,
+                                                                  const data::SampleEncoder& encoder) {
+  data::DatasetOptions options;
+  options.path = spec.calibration().path();
+  ST_ASSIGN_OR_RETURN(options.format, Format(spec.calibration().format()));
+  options.train_on_input = data::TrainOnInput::kYes;
+  options.max_samples = spec.calibration().num_samples();
+  options.max_seq_len = spec.calibration().max_seq_len();
+  options.long_samples = data::LongSamples::kTruncate;
+  ST_ASSIGN_OR_RETURN(data::Dataset ds, data::LoadDataset(options, encoder));
+  std::vector<std::vector<int32_t>> samples;
+  for (data::TokenizedSample& s : ds.samples) samples.push_back(std::move(s.ids));
+  return samples;
+}
+
+absl::StatusOr<std::vector<train::EvalResult>> EvaluateAll(model::LlamaModel& model,
+                                                           const std::vector<train::EvalSet>& sets,
+                                                           const ModelBundle& bundle, int64_t batch_tokens,
+                                                           const std::string& label, train::ProgressSink* sink) {
+  std::vector<train::EvalResult> results;
+  train::EvaluateOptions options;
+  options.batch_tokens = batch_tokens;
+  options.stop_ids = bundle.stop_ids;
+  options.label = label;
+  for (const train::EvalSet& set : sets) {
+    ST_ASSIGN_OR_RETURN(train::EvalResult result, train::Evaluate(model, set, bundle.tokenizer, options, sink));
+    results.push_back(std::move(result));
+  }
+  return results;
+}
+
+// Forwards to a sink it does not own.
+class Forward final : public train::ProgressSink {
+ public:
+  explicit Forward(train::ProgressSink* to) : to_(to) {}
+  absl::Status OnEvent(const train::ProgressEvent& event) override { return to_->OnEvent(event); }
+  absl::Status Flush() override { return to_->Flush(); }
+
+ private:
+  train::ProgressSink* to_;
+};
+
+// The job's sinks: the terminal (unless off), <out>/metrics.jsonl, <out>/tensorboard/<name>/ and
+// the caller's extra sink.
+absl::StatusOr<std::unique_ptr<train::FanOutSink>> OpenSinks(const v1::JobSpec& spec, const RunOptions& options,
+                                                             train::Resumed resumed, int64_t resume_step) {
+  auto fan = std::make_unique<train::FanOutSink>();
+  if (options.terminal == TerminalOutput::kAuto) fan->Add(train::TerminalProgress::Create(stderr));
+  ST_ASSIGN_OR_RETURN(auto jsonl, train::JsonlMetricsWriter::Create(absl::StrCat(spec.output_dir(), "/metrics.jsonl")));
+  fan->Add(std::move(jsonl));
+  char host[256] = "localhost";
+  gethostname(host, sizeof(host) - 1);
+  ST_ASSIGN_OR_RETURN(auto tensorboard,
+                      train::TensorBoardSink::Create(absl::StrCat(spec.output_dir(), "/tensorboard/", spec.name()),
+                                                     host, WallTime(), resumed, resume_step));
+  fan->Add(std::move(tensorboard));
+  if (options.extra_sink != nullptr) fan->Add(std::make_unique<Forward>(options.extra_sink));
+  return fan;
+}
+
+// A sink that never fails the job: the first error of each kind becomes a note (metrics are not
+// worth losing a training run for; checkpoints are what must not be lost).
+class TolerantSink final : public train::ProgressSink {
+ public:
+  TolerantSink(train::ProgressSink* inner, std::vector<std::string>* notes) : inner_(inner), notes_(notes) {}
+  absl::Status OnEvent(const train::ProgressEvent& event) override {
+    const absl::Status status = inner_->OnEvent(event);
+    if (!status.ok() && !warned_) {
+      warned_ = true;
+      notes_->push_back(absl::StrCat("progress output failed (", status.message(), "); training goes on"));
+      std::fprintf(stderr, "sigmatune: warning: %s\n", notes_->back().c_str());
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Flush() override { return inner_->Flush(); }
+
+ private:
+  train::ProgressSink* inner_;
+  std::vector<std::string>* notes_;
+  bool warned_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& options) {
+  ST_RETURN_IF_ERROR(ProblemsToStatus(spec.name(), ValidateJobSpec(spec, FileChecks::kNo)));
+  comm::SingleProcessCommunicator single;
+  comm::Communicator* comm = options.comm != nullptr ? options.comm : &single;
+  JobResult result;
+  result.output_dir = spec.output_dir();
+  const std::string out = spec.output_dir();
+  ST_RETURN_IF_ERROR(formats::CreateDirectoryDurably(out));
+  ST_RETURN_IF_ERROR(formats::WriteFileAtomically(absl::StrCat(out, "/job.json"), SpecToJson(spec)));
+
+  // Checkpoints are looked at first: the sinks need to know whether this is a resume.
+  checkpoint::CheckpointOptions checkpoint_options;
+  checkpoint_options.keep = static_cast<int>(spec.save_total_limit());
+  ST_ASSIGN_OR_RETURN(checkpoint::CheckpointStore store,
+                      checkpoint::CheckpointStore::Open(absl::StrCat(out, "/checkpoints"), checkpoint_options));
+  ST_ASSIGN_OR_RETURN(std::optional<checkpoint::LoadedCheckpoint> latest, store.LoadLatest());
+  if (latest.has_value()) {
+    for (const std::string& w : latest->warnings) result.notes.push_back(w);
+  }
+  result.resumed = latest.has_value();
+  ST_ASSIGN_OR_RETURN(std::unique_ptr<train::FanOutSink> sinks,
+                      OpenSinks(spec, options, result.resumed ? train::Resumed::kYes : train::Resumed::kNo,
+                                result.resumed ? latest->step : 0));
+  TolerantSink tolerant(sinks.get(), &result.notes);
+  train::ProgressSink* sink = &tolerant;
+  for (const std::string& w : result.notes) ST_RETURN_IF_ERROR(Message(sink, train::Phase::kLoad, "warning: " + w));
+
+  // --- load ---
+  auto phase_start = Clock::now();
+  if (spec.device() == "cuda") {
+    return absl::UnimplementedError(
+        "device: cuda was asked for, but the CUDA model backend is not written yet (see README, Missing); use "
+        "device: cpu or auto");
+  }
+  result.device = "cpu";
+  std::unique_ptr<model::CpuBackend> backend =
+      spec.num_threads() > 0 ? std::make_unique<model::CpuBackend>(static_cast<int>(spec.num_threads()))
+                             : std::make_unique<model::CpuBackend>();
+  ST_RETURN_IF_ERROR(Message(sink, train::Phase::kLoad,
+                             absl::StrCat("job ", spec.name(), ": loading ", spec.base_model(), " on the CPU",
+                                          spec.device() == "auto" ? " (the CUDA backend is not written yet)" : "")));
+  ST_ASSIGN_OR_RETURN(ModelBundle bundle, InPhase("load", LoadModelBundle(spec.base_model(), *backend)));
+  ST_ASSIGN_OR_RETURN(peft::AdapterOptions adapter_options, AdapterOptionsFromSpec(spec.method()));
+  absl::StatusOr<std::vector<peft::TargetModule>> targets_or =
+      peft::ResolveTargetModules(TargetModulesFromSpec(spec.method()), bundle.config.num_layers);
+  if (!targets_or.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method.target_modules: ", targets_or.status().message(), " (model ", spec.base_model(), ")"));
+  }
+  const std::vector<peft::TargetModule> targets = *std::move(targets_or);
+  ST_RETURN_IF_ERROR(CheckRankFits(bundle.config, adapter_options, targets));
+
+  data::SampleEncoder encoder;
+  encoder.tokenizer = &bundle.tokenizer;
+  encoder.chat_template = bundle.chat_template.has_value() ? &*bundle.chat_template : nullptr;
+  encoder.bos_ids = bundle.bos_ids;
+  encoder.eos_id = bundle.eos_id;
+  ST_ASSIGN_OR_RETURN(data::Dataset train_data, InPhase("datasets", LoadTrainingData(spec, encoder)));
+  ST_ASSIGN_OR_RETURN(std::vector<train::EvalSet> eval_sets,
+                      InPhase("eval_datasets", LoadEvalSets(spec, encoder)));
+  ST_ASSIGN_OR_RETURN(const std::string model_fp, ModelFingerprint(bundle, *backend));
+  const std::string identity = JobIdentity(spec, model_fp);
+  ST_RETURN_IF_ERROR(Message(
+      sink, train::Phase::kLoad,
+      absl::StrFormat("%d layers, hidden %d, vocab %d; %s rank %d on %d modules; %d training samples (%d tokens, %d "
+                      "trained)",
+                      bundle.config.num_layers, bundle.config.hidden_size, bundle.config.vocab_size,
+                      peft::MethodName(adapter_options.method), adapter_options.rank, targets.size(),
+                      train_data.samples.size(), train_data.tokens, train_data.trained_tokens)));
+  result.times.push_back({"load", Since(phase_start)});
+  const int64_t batch_tokens = spec.micro_batch_size() * spec.sequence_len();
+
+  // --- evaluate before (on the original model; kept for resumes) ---
+  phase_start = Clock::now();
+  const std::string before_path = absl::StrCat(out, "/eval_before.json");
+  bool have_before = false;
+  if (FileExists(before_path)) {
+    absl::StatusOr<std::string> text = ReadFile(before_path);
+    if (text.ok()) {
+      absl::StatusOr<std::vector<train::EvalResult>> parsed = ParseEvalResults(*text, identity);
+      if (parsed.ok() && parsed->size() == eval_sets.size()) {
+        result.before = *std::move(parsed);
+        have_before = true;
+        ST_RETURN_IF_ERROR(Message(sink, train::Phase::kEvaluate, "before: reused " + before_path));
+      }
+    }
+  }
+  if (!have_before && !eval_sets.empty()) {
+    ST_ASSIGN_OR_RETURN(auto original, model::LlamaModel::Create(bundle.config, bundle.weights, backend.get()));
+    ST_ASSIGN_OR_RETURN(result.before,
+                        InPhase("evaluate (before)",
+                                EvaluateAll(*original, eval_sets, bundle, batch_tokens, "before", sink)));
+    ST_RETURN_IF_ERROR(formats::WriteFileAtomically(before_path, EvalResultsToJson(result.before, identity)));
+  }
+  result.times.push_back({"evaluate_before", Since(phase_start)});
+
+  // --- calibrate + decompose (or the saved decomposition) ---
+  const std::string decomposition_path = absl::StrCat(out, "/decomposition.safetensors");
+  std::vector<train::TrainedLinear> linears;
+  if (FileExists(decomposition_path)) {
+    absl::StatusOr<std::vector<train::TrainedLinear>> read =
+        ReadDecomposition(decomposition_path, identity, bundle.weights, adapter_options, targets, *backend);
+    if (read.ok()) {
+      linears = *std::move(read);
+      ST_RETURN_IF_ERROR(Message(sink, train::Phase::kDecompose, "reused " + decomposition_path));
+    } else {
+      result.notes.push_back(absl::StrCat("decomposition not reused (", read.status().message(), ")"));
+    }
+  }
+  if (linears.empty()) {
+    std::optional<peft::CovarianceSet> covariance;
+    if (peft::NeedsCovariance(adapter_options.method)) {
+      phase_start = Clock::now();
+      ST_ASSIGN_OR_RETURN(auto samples, InPhase("calibration", LoadCalibration(spec, encoder)));
+      std::vector<std::pair<int64_t, model::LinearKind>> pairs;
+      for (const peft::TargetModule& t : targets) pairs.push_back({t.layer, t.kind});
+      const std::vector<peft::SiteKey> sites = peft::SitesOf(pairs);
+      CalibrateOptions calibrate;
+      calibrate.accumulation =
+          spec.calibration().accumulation() == "f64" ? peft::Accumulation::kF64 : peft::Accumulation::kF32;
+      calibrate.batch_tokens = std::max<int64_t>(batch_tokens, spec.calibration().max_seq_len());
+      calibrate.key.model = model_fp;
+      calibrate.key.data = SamplesFingerprint(samples);
+      for (const peft::SiteKey& s : sites) calibrate.key.sites.push_back(peft::SiteTensorName(s));
+      calibrate.key.accumulation = spec.calibration().accumulation();
+      if (spec.cache_dir() != "none") {
+        ST_RETURN_IF_ERROR(formats::CreateDirectoryDurably(spec.cache_dir()));
+        calibrate.cache_path =
+            absl::StrCat(spec.cache_dir(), "/covariance-", calibrate.key.ContentKey(), ".safetensors");
+      }
+      ST_ASSIGN_OR_RETURN(auto original, model::LlamaModel::Create(bundle.config, bundle.weights, backend.get()));
+      ST_ASSIGN_OR_RETURN(covariance, InPhase("calibrate", Calibrate(*original, sites, samples, calibrate, sink,
+                                                                      &result.notes)));
+      result.times.push_back({"calibrate", Since(phase_start)});
+    }
+    phase_start = Clock::now();
+    ST_ASSIGN_OR_RETURN(linears, InPhase("decompose", Decompose(*backend, bundle.weights, adapter_options, targets,
+                                                                covariance ? &*covariance : nullptr,
+                                                                static_cast<uint64_t>(spec.seed()), sink)));
+    const absl::Status saved = WriteDecomposition(decomposition_path, identity, adapter_options, linears, *backend);
+    if (!saved.ok()) return InPhase("decompose", saved);
+    result.times.push_back({"decompose", Since(phase_start)});
+  }
+
+  // --- train ---
+  phase_start = Clock::now();
+  model::LlamaWeights residual = bundle.weights;
+  for (const train::TrainedLinear& linear : linears) {
+    model::LayerWeights& layer = residual.layers[linear.target.layer];
+    Tensor* slot = nullptr;
+    switch (linear.target.kind) {
+      case model::LinearKind::kQ: slot = &layer.q; break;
+      case model::LinearKind::kK: slot = &layer.k; break;
+      case model::LinearKind::kV: slot = &layer.v; break;
+      case model::LinearKind::kO: slot = &layer.o; break;
+      case model::LinearKind::kGate: slot = &layer.gate; break;
+      case model::LinearKind::kUp: slot = &layer.up; break;
+      case model::LinearKind::kDown: slot = &layer.down; break;
+    }
+    *slot = linear.init.w_res;
+  }
+  ST_ASSIGN_OR_RETURN(auto model, model::LlamaModel::Create(bundle.config, residual, backend.get()));
+  std::vector<std::unique_ptr<peft::LowRankAdapter>> adapters;
+  std::vector<train::TrainableLinear> trainable;
+  for (const train::TrainedLinear& linear : linears) {
+    ST_ASSIGN_OR_RETURN(auto adapter, peft::LowRankAdapter::Create(backend.get(), linear.a, linear.b, linear.d,
+                                                                   linear.init.scale, adapter_options.dropout));
+    model->SetAdapter(linear.target.layer, linear.target.kind, adapter.get());
+    trainable.push_back({linear.target, adapter.get()});
+    adapters.push_back(std::move(adapter));
+  }
+  data::LoaderOptions loader_options;
+  loader_options.micro_batch_size = spec.micro_batch_size();
+  loader_options.sequence_len = spec.sequence_len();
+  loader_options.packing = spec.sample_packing() ? data::Packing::kYes : data::Packing::kNo;
+  loader_options.seed = static_cast<uint64_t>(spec.seed());
+  ST_ASSIGN_OR_RETURN(data::DataLoader loader, data::DataLoader::Create(&train_data, loader_options));
+  train::TrainerOptions trainer_options;
+  if (spec.max_steps() > 0) {
+    trainer_options.total_steps = spec.max_steps();
+  } else {
+    int64_t micro = 0;
+    for (int64_t e = 0; e < spec.num_epochs(); ++e) micro += loader.MicroBatchesInEpoch(e);
+    trainer_options.total_steps = std::max<int64_t>(1, micro / spec.gradient_accumulation_steps());
+  }
+  result.total_steps = trainer_options.total_steps;
+  trainer_options.accumulation = spec.gradient_accumulation_steps();
+  trainer_options.adamw.lr = spec.optimizer().learning_rate();
+  trainer_options.adamw.beta1 = spec.optimizer().beta1();
+  trainer_options.adamw.beta2 = spec.optimizer().beta2();
+  trainer_options.adamw.eps = spec.optimizer().epsilon();
+  trainer_options.adamw.weight_decay = spec.optimizer().weight_decay();
+  trainer_options.adamw.max_grad_norm = spec.optimizer().max_grad_norm();
+  ST_ASSIGN_OR_RETURN(trainer_options.schedule.kind, train::ParseScheduleKind(spec.lr_scheduler().type()));
+  trainer_options.schedule.total_steps = trainer_options.total_steps;
+  trainer_options.schedule.warmup_steps = train::WarmupStepsFor(
+      spec.lr_scheduler().warmup_steps(), spec.lr_scheduler().warmup_ratio(), trainer_options.total_steps);
+  trainer_options.save_steps = spec.save_steps();
+  trainer_options.logging_steps = spec.logging_steps();
+  trainer_options.seed = static_cast<uint64_t>(spec.seed());
+  if (adapter_options.method == peft::Method::kKasa) {
+    trainer_options.regularizer = train::Regularizer::kKasa;
+    trainer_options.kasa.form = adapter_options.kasa_form;
+    trainer_options.kasa.beta = adapter_options.kasa_beta;
+    trainer_options.kasa.gamma = adapter_options.kasa_gamma;
+    trainer_options.kasa.weight = adapter_options.kasa_form == peft::KasaRegularizerForm::kReference
+                                      ? 1.0 / static_cast<double>(targets.size())
+                                      : 1.0;
+  }
+  trainer_options.identity = identity;
+  trainer_options.stop = options.stop;
+  trainer_options.stop_after_step = options.stop_after_step;
+  ST_ASSIGN_OR_RETURN(auto trainer, train::Trainer::Create(model.get(), trainable, &loader, trainer_options, sink,
+                                                           &store, comm));
+  if (latest.has_value()) {
+    ST_RETURN_IF_ERROR(InPhase("resume", trainer->Restore(*latest)));
+    ST_RETURN_IF_ERROR(Message(sink, train::Phase::kTrain,
+                               absl::StrFormat("resumed from %s (step %d of %d)", latest->dir, latest->step,
+                                               trainer_options.total_steps)));
+  }
+  absl::StatusOr<train::TrainSummary> summary = trainer->Run();
+  if (!summary.ok()) {
+    const std::vector<int64_t> steps = store.ListSteps();
+    return absl::Status(summary.status().code(),
+                        absl::StrCat("train: ", summary.status().message(),
+                                     steps.empty() ? std::string(" (no checkpoint was written)")
+                                                   : absl::StrCat(" (the newest checkpoint, step ", steps.back(),
+                                                                  ", is intact in ", store.root(), ")")));
+  }
+  result.train = *std::move(summary);
+  result.times.push_back({"train", Since(phase_start)});
+  if (result.train.stopped_early) {
+    result.stopped_early = true;
+    ST_RETURN_IF_ERROR(Message(sink, train::Phase::kTrain,
+                               absl::StrFormat("stopped at step %d of %d; run the same job again to resume",
+                                               result.train.steps_done, trainer_options.total_steps)));
+    ST_RETURN_IF_ERROR(sink->Flush());
+    return result;
+  }
+
+  // --- evaluate after ---
+  phase_start = Clock::now();
+  for (auto& adapter : adapters) adapter->set_mode(peft::AdapterMode::kEval);
+  ST_ASSIGN_OR_RETURN(result.after, InPhase("evaluate (after)",
+                                            EvaluateAll(*model, eval_sets, bundle, batch_tokens, "after", sink)));
+  result.times.push_back({"evaluate_after", Since(phase_start)});
+
+  // --- export ---
+  phase_start = Clock::now();
+  ST_RETURN_IF_ERROR(Message(sink, train::Phase::kExport, "writing the adapter, the plain LoRA and the merged model"));
+  train::ExportInputs inputs;
+  inputs.config = bundle.config;
+  inputs.options = adapter_options;
+  for (size_t i = 0; i < linears.size(); ++i) {
+    train::TrainedLinear linear = linears[i];
+    ST_ASSIGN_OR_RETURN(linear.a, backend->Download(adapters[i]->a()));
+    ST_ASSIGN_OR_RETURN(linear.b, backend->Download(adapters[i]->b()));
+    if (adapters[i]->d().defined()) {
+      ST_ASSIGN_OR_RETURN(linear.d, backend->Download(adapters[i]->d()));
+    }
+    ST_ASSIGN_OR_RETURN(linear.init.a, backend->Download(linear.init.a));
+    ST_ASSIGN_OR_RETURN(linear.init.b, backend->Download(linear.init.b));
+    ST_ASSIGN_OR_RETURN(linear.init.w_res, backend->Download(linear.init.w_res));
+    inputs.linears.push_back(std::move(linear));
+  }
+  inputs.weights = bundle.weights;
+  train::ExportOptions export_options;
+  export_options.max_position_embeddings = bundle.max_position_embeddings;
+  export_options.bos_token_id = bundle.bos_token_id;
+  export_options.eos_token_ids = bundle.eos_token_ids;
+  export_options.pad_token_id = bundle.pad_token_id;
+  export_options.base_model_name_or_path = spec.base_model();
+  const bool changes_base = peft::ChangesBase(adapter_options.method);
+  result.exports.adapter = absl::StrCat(out, "/", train::kAdapterDir);
+  result.exports.residual_base = changes_base ? absl::StrCat(out, "/", train::kResidualBaseDir) : "";
+  result.exports.adapter_lora = absl::StrCat(out, "/", train::kAdapterLoraDir);
+  ST_RETURN_IF_ERROR(InPhase("export", train::ValidateExportInputs(inputs, export_options)));
+  ST_RETURN_IF_ERROR(InPhase("export", train::ExportNativeAdapter(inputs, export_options, result.exports.adapter,
+                                                                  result.exports.residual_base)));
+  ST_RETURN_IF_ERROR(InPhase("export", train::ExportPlainLora(inputs, export_options, result.exports.adapter_lora)));
+  if (!spec.has_export_merged() || spec.export_merged()) {
+    result.exports.merged = absl::StrCat(out, "/", train::kMergedDir);
+    ST_RETURN_IF_ERROR(InPhase("export", train::ExportMerged(inputs, export_options, result.exports.merged)));
+  }
+  result.times.push_back({"export", Since(phase_start)});
+
+  // --- report ---
+  ST_RETURN_IF_ERROR(WriteReport(spec, result, identity, &result.report_text));
+  ST_RETURN_IF_ERROR(Message(sink, train::Phase::kDone, absl::StrCat("report: ", out, "/report.json")));
+  ST_RETURN_IF_ERROR(sink->Flush());
+  return result;
+}
+
+}  // namespace sigmatune::job
