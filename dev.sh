@@ -4,6 +4,8 @@
 #   ./dev.sh test [targets]   setup, then build everything and run the tests (default //...)
 #   ./dev.sh build [targets]  setup, then build
 #   ./dev.sh bench [filter]   run the CPU benchmarks (bench/README.md)
+#   ./dev.sh job spec.yaml    setup, build the worker and run one fine-tuning job standalone
+#                             (examples/*.yaml; the SmolLM2 specs fetch the model first)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -55,8 +57,16 @@ case "$command" in
     tools/setup.sh
     bazel run //bench:cpu_bench -- --benchmark_filter="${1:-.}"
     ;;
+  job)
+    [[ $# -ge 1 ]] || { echo "usage: ./dev.sh job spec.yaml" >&2; exit 2; }
+    spec="$(realpath "$1")"
+    tools/setup.sh
+    if grep -q "SmolLM2-135M-Instruct" "$spec"; then tools/get_smollm2.sh; fi
+    bazel build //worker:sigmatune-worker
+    exec bazel-bin/worker/sigmatune-worker --job "$spec"
+    ;;
   *)
-    sed -n '2,6p' "$0" >&2
+    sed -n '2,8p' "$0" >&2
     exit 2
     ;;
 esac
