@@ -298,6 +298,18 @@ TEST_F(JobTest, BadInputsGiveClearErrors) {
     spec.mutable_datasets(0)->set_format("text");
     EXPECT_ERROR_MENTIONS(Run(spec).status(), "bad.jsonl:2", "text");
   }
+  {  // a missing data file
+    v1::JobSpec spec = Spec("lora", "nodata");
+    spec.mutable_datasets(0)->set_path((root_ / "missing.jsonl").string());
+    EXPECT_ERROR_MENTIONS(Run(spec).status(), "missing.jsonl");
+  }
+  {  // a data file that is not JSONL
+    const std::string csv = (root_ / "data.csv").string();
+    std::ofstream(csv) << "question,answer\n1+1,2\n";
+    v1::JobSpec spec = Spec("lora", "csv");
+    spec.mutable_datasets(0)->set_path(csv);
+    EXPECT_ERROR_MENTIONS(Run(spec).status(), "data.csv:1");
+  }
   {  // not a model
     v1::JobSpec spec = Spec("lora", "nomodel");
     spec.set_base_model((root_ / "missing-model").string());
