@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -185,6 +187,26 @@ absl::Status CreateDirectoryDurably(const std::string& dir) {
     ::close(fd);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno;
+    if (err == EACCES) return absl::PermissionDeniedError(absl::StrCat(path, ": ", std::strerror(err)));
+    return absl::InternalError(absl::StrCat("cannot read ", path, ": ", std::strerror(err)));
+  }
+  std::ostringstream out;
+  out << in.rdbuf();
+  if (in.bad()) return absl::InternalError(absl::StrCat("reading ", path, " failed"));
+  return out.str();
+}
+
+bool RegularFileExists(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(path, ec);
 }
 
 }  // namespace sigmatune::formats

@@ -23,6 +23,12 @@ namespace sigmatune::formats {
 // Writes `contents` to `path` atomically (see the contract above).
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
 
+// The whole file `path`: NotFound naming it when it does not exist, PermissionDenied / Internal
+// (with the errno text) when it cannot be read.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+// Whether `path` names an existing regular file.
+bool RegularFileExists(const std::string& path);
+
 // mkdir -p `dir`, then fsyncs its parent so a newly created entry is durable. InvalidArgument for an
 // empty path; FailedPrecondition naming `dir` when it cannot be created (or a file has its name).
 absl::Status CreateDirectoryDurably(const std::string& dir);

@@ -149,5 +149,19 @@ TEST(CreateDirectoryDurablyTest, RefusesEmptyPathsAndFilesInTheWay) {
   EXPECT_NE(std::string(status.message()).find(file), std::string::npos) << status;
 }
 
+TEST(ReadFileToStringTest, ReadsWholeFilesAndNamesMissingOnes) {
+  const std::string path = ::testing::TempDir() + "/read_file_test.bin";
+  const std::string bytes("a\0b\nc", 5);
+  ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
+  auto read = ReadFileToString(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, bytes);
+  EXPECT_TRUE(RegularFileExists(path));
+  EXPECT_FALSE(RegularFileExists(::testing::TempDir()));
+  const absl::Status missing = ReadFileToString(path + ".missing").status();
+  EXPECT_TRUE(absl::IsNotFound(missing)) << missing;
+  EXPECT_NE(missing.message().find("read_file_test.bin.missing"), absl::string_view::npos);
+}
+
 }  // namespace
 }  // namespace sigmatune::formats

@@ -15,10 +15,6 @@
 namespace sigmatune::job {
 namespace {
 
-double WallTime() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 absl::Status Emit(train::ProgressSink* sink, train::Phase phase, int64_t step, int64_t total, double elapsed,
                   std::string message) {
   if (sink == nullptr) return absl::OkStatus();
@@ -26,7 +22,7 @@ absl::Status Emit(train::ProgressSink* sink, train::Phase phase, int64_t step, i
   event.phase = phase;
   event.step = step;
   event.total_steps = total;
-  event.wall_time = WallTime();
+  event.wall_time = train::UnixSeconds();
   event.elapsed_s = elapsed;
   event.message = std::move(message);
   return sink->OnEvent(event);

@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "formats/atomic_file.h"
 #include "formats/gguf.h"
 #include "formats/gguf_llama.h"
 #include "formats/hf_config.h"
@@ -18,19 +19,6 @@
 
 namespace sigmatune::job {
 namespace {
-
-bool FileExists(const std::string& path) {
-  std::ifstream in(path);
-  return in.good();
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 void AddStopId(const data::Tokenizer& tokenizer, const char* token, std::vector<int32_t>* ids) {
   const std::optional<int32_t> id = tokenizer.TokenToId(token);
@@ -75,7 +63,7 @@ absl::StatusOr<ModelBundle> LoadHfDirectory(const std::string& dir, model::Model
   ST_ASSIGN_OR_RETURN(formats::ModelConfig hf, formats::LoadModelConfig(absl::StrCat(dir, "/config.json")));
   ST_ASSIGN_OR_RETURN(LoadedLlama loaded, LoadLlamaFromHfDirectory(dir, backend));
   const std::string tokenizer_path = absl::StrCat(dir, "/tokenizer.json");
-  if (!FileExists(tokenizer_path)) {
+  if (!formats::RegularFileExists(tokenizer_path)) {
     return absl::NotFoundError(absl::StrCat(dir, " has no tokenizer.json: sigmatune reads the byte-level BPE tokenizer "
                                             "from it; copy it from the model's Hub repository"));
   }
@@ -88,8 +76,8 @@ absl::StatusOr<ModelBundle> LoadHfDirectory(const std::string& dir, model::Model
 
   const std::string config_path = absl::StrCat(dir, "/tokenizer_config.json");
   std::string jinja, jinja_source;
-  if (FileExists(config_path)) {
-    ST_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+  if (formats::RegularFileExists(config_path)) {
+    ST_ASSIGN_OR_RETURN(std::string text, formats::ReadFileToString(config_path));
     const nlohmann::json config = nlohmann::json::parse(text, nullptr, false);
     if (config.is_discarded() || !config.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(config_path, " is not a JSON object"));
@@ -104,8 +92,8 @@ absl::StatusOr<ModelBundle> LoadHfDirectory(const std::string& dir, model::Model
     }
   }
   const std::string jinja_path = absl::StrCat(dir, "/chat_template.jinja");
-  if (jinja.empty() && FileExists(jinja_path)) {
-    ST_ASSIGN_OR_RETURN(jinja, ReadFile(jinja_path));
+  if (jinja.empty() && formats::RegularFileExists(jinja_path)) {
+    ST_ASSIGN_OR_RETURN(jinja, formats::ReadFileToString(jinja_path));
     jinja_source = jinja_path;
   }
   if (!jinja.empty()) {

@@ -35,10 +35,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double WallTime() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 double Since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 // Prefixes an error with the phase it happened in (keeps the code).
@@ -52,20 +48,10 @@ absl::StatusOr<T> InPhase(absl::string_view phase, absl::StatusOr<T> value) {
   return InPhase(phase, value.status());
 }
 
-bool FileExists(const std::string& path) { return std::ifstream(path).good(); }
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
 absl::Status Message(train::ProgressSink* sink, train::Phase phase, std::string message) {
   train::ProgressEvent event;
   event.phase = phase;
-  event.wall_time = WallTime();
+  event.wall_time = train::UnixSeconds();
   event.message = std::move(message);
   return sink->OnEvent(event);
 }
@@ -200,7 +186,7 @@ absl::StatusOr<std::unique_ptr<train::FanOutSink>> OpenSinks(const v1::JobSpec& 
   gethostname(host, sizeof(host) - 1);
   ST_ASSIGN_OR_RETURN(auto tensorboard,
                       train::TensorBoardSink::Create(absl::StrCat(spec.output_dir(), "/tensorboard/", spec.name()),
-                                                     host, WallTime(), resumed, resume_step));
+                                                     host, train::UnixSeconds(), resumed, resume_step));
   fan->Add(std::move(tensorboard));
   if (options.extra_sink != nullptr) fan->Add(std::make_unique<Forward>(options.extra_sink));
   return fan;
@@ -306,8 +292,8 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
   phase_start = Clock::now();
   const std::string before_path = absl::StrCat(out, "/eval_before.json");
   bool have_before = false;
-  if (FileExists(before_path)) {
-    absl::StatusOr<std::string> text = ReadFile(before_path);
+  if (formats::RegularFileExists(before_path)) {
+    absl::StatusOr<std::string> text = formats::ReadFileToString(before_path);
     if (text.ok()) {
       absl::StatusOr<std::vector<train::EvalResult>> parsed = ParseEvalResults(*text, identity);
       if (parsed.ok() && parsed->size() == eval_sets.size()) {
@@ -329,7 +315,7 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
   // --- calibrate + decompose (or the saved decomposition) ---
   const std::string decomposition_path = absl::StrCat(out, "/decomposition.safetensors");
   std::vector<train::TrainedLinear> linears;
-  if (FileExists(decomposition_path)) {
+  if (formats::RegularFileExists(decomposition_path)) {
     absl::StatusOr<std::vector<train::TrainedLinear>> read =
         ReadDecomposition(decomposition_path, identity, bundle.weights, adapter_options, targets, *backend);
     if (read.ok()) {

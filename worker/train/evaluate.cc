@@ -17,10 +17,6 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-double WallTime() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 absl::Status Report(ProgressSink* sink, int64_t step, int64_t total, double elapsed,
                     std::vector<std::pair<std::string, double>> scalars, std::string message) {
   if (sink == nullptr) return absl::OkStatus();
@@ -28,7 +24,7 @@ absl::Status Report(ProgressSink* sink, int64_t step, int64_t total, double elap
   event.phase = Phase::kEvaluate;
   event.step = step;
   event.total_steps = total;
-  event.wall_time = WallTime();
+  event.wall_time = UnixSeconds();
   event.elapsed_s = elapsed;
   event.scalars = std::move(scalars);
   event.message = std::move(message);

@@ -1,5 +1,7 @@
 #include "worker/train/progress.h"
 
+#include <chrono>
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,6 +48,10 @@ std::string FormatScalar(absl::string_view name, double v) {
 }
 
 }  // namespace
+
+double UnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 absl::string_view PhaseName(Phase phase) { return kPhaseNames[PhaseIndex(phase)]; }
 

@@ -35,6 +35,9 @@ enum class Phase { kLoad, kCalibrate, kDecompose, kEvaluate, kTrain, kCheckpoint
 inline constexpr int kNumPhases = 8;
 
 // "load", "calibrate", "decompose", "evaluate", "train", "checkpoint", "export", "done".
+// Seconds since the Unix epoch (ProgressEvent::wall_time).
+double UnixSeconds();
+
 absl::string_view PhaseName(Phase phase);
 
 struct ProgressEvent {

@@ -31,10 +31,6 @@ uint64_t DropoutSeed(uint64_t seed, int64_t step, int64_t micro, size_t index) {
                   (static_cast<uint64_t>(micro) << 32) + index);
 }
 
-double WallTime() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 std::string ParamName(const TrainableLinear& linear, absl::string_view which) {
   return absl::StrCat(linear.target.name(), ".", which);
 }
@@ -229,7 +225,7 @@ absl::Status Trainer::Save(TrainSummary* summary) {
   event.phase = Phase::kCheckpoint;
   event.step = step_;
   event.total_steps = options_.total_steps;
-  event.wall_time = WallTime();
+  event.wall_time = UnixSeconds();
   event.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   event.message = absl::StrFormat("checkpoint step %d saved in %s", step_, store_->root());
   return Emit(event);
@@ -257,7 +253,7 @@ absl::StatusOr<TrainSummary> Trainer::Run() {
       event.phase = Phase::kTrain;
       event.step = step_;
       event.total_steps = options_.total_steps;
-      event.wall_time = WallTime();
+      event.wall_time = UnixSeconds();
       event.elapsed_s = elapsed;
       event.scalars = {{"loss", loss},
                        {"lr", lr},
