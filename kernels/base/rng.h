@@ -10,6 +10,15 @@
 
 namespace sigmatune {
 
+// SplitMix64 (Steele, Lea, Flood): adds the golden-ratio increment, then a bijective 64-bit mix.
+// For deriving independent seeds from (seed, counters) as a pure function.
+inline uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
 class Rng {
  public:
   explicit Rng(uint64_t seed) : engine_(seed) {}

@@ -15,14 +15,6 @@
 namespace sigmatune::data {
 namespace {
 
-// SplitMix64 finalizer: a bijective 64-bit mix.
-uint64_t Mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
 // Uniform in [0, n) without modulo bias (rejection of the top partial block).
 uint64_t UniformBelow(Rng& rng, uint64_t n) {
   const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
@@ -71,7 +63,7 @@ DataLoader::Plan DataLoader::MakePlan(int64_t epoch) const {
   Plan plan;
   plan.order.resize(n);
   for (int64_t i = 0; i < n; ++i) plan.order[i] = i;
-  Rng rng(Mix64(options_.seed ^ Mix64(static_cast<uint64_t>(epoch) + 0x51a7e5eedULL)));
+  Rng rng(SplitMix64(options_.seed ^ SplitMix64(static_cast<uint64_t>(epoch) + 0x51a7e5eedULL)));
   for (int64_t i = n - 1; i > 0; --i) {
     const int64_t j = static_cast<int64_t>(UniformBelow(rng, static_cast<uint64_t>(i) + 1));
     std::swap(plan.order[i], plan.order[j]);

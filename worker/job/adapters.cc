@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "formats/safetensors.h"
 #include "kernels/base/fingerprint.h"
+#include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
 
 namespace sigmatune::job {
@@ -39,11 +40,11 @@ Tensor OwnedCopy(const Tensor& view) {
   return owned;
 }
 
+// The seed of target `index` (SplitMix64 adds the increment itself; the offset keeps the seeds of
+// jobs already run unchanged).
 uint64_t TargetSeed(uint64_t seed, size_t index) {
-  uint64_t x = seed * 0x9e3779b97f4a7c15ull + 0x1234567ull + index;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
+  constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ull;
+  return SplitMix64(seed * kGolden + 0x1234567ull + index - kGolden);
 }
 
 absl::StatusOr<Tensor> CastTo(model::ModelBackend& backend, const Tensor& t, DType dtype) {

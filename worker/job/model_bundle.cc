@@ -1,8 +1,6 @@
 #include "worker/job/model_bundle.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"

@@ -4,10 +4,8 @@
 
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -476,9 +474,11 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
     if (adapters[i]->d().defined()) {
       ST_ASSIGN_OR_RETURN(linear.d, backend->Download(adapters[i]->d()));
     }
-    ST_ASSIGN_OR_RETURN(linear.init.a, backend->Download(linear.init.a));
-    ST_ASSIGN_OR_RETURN(linear.init.b, backend->Download(linear.init.b));
-    ST_ASSIGN_OR_RETURN(linear.init.w_res, backend->Download(linear.init.w_res));
+    for (Tensor* t : {&linear.init.a, &linear.init.b, &linear.init.d, &linear.init.w_res, &linear.init.tail_u,
+                      &linear.init.tail_s, &linear.init.tail_vt}) {
+      if (!t->defined()) continue;
+      ST_ASSIGN_OR_RETURN(*t, backend->Download(*t));
+    }
     inputs.linears.push_back(std::move(linear));
   }
   inputs.weights = bundle.weights;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "formats/safetensors.h"
 #include "kernels/base/check.h"
+#include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -18,16 +19,9 @@ constexpr char kAdapterFile[] = "adapter.safetensors";
 constexpr char kOptimizerFile[] = "optimizer.safetensors";
 constexpr char kStateFile[] = "trainer_state.json";
 
-uint64_t SplitMix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 // The dropout seed of adapter `index` in micro-batch `micro` of optimizer step `step`.
 uint64_t DropoutSeed(uint64_t seed, int64_t step, int64_t micro, size_t index) {
-  return SplitMix(SplitMix(SplitMix(seed ^ 0x5eedda7aull) + static_cast<uint64_t>(step)) +
+  return SplitMix64(SplitMix64(SplitMix64(seed ^ 0x5eedda7aull) + static_cast<uint64_t>(step)) +
                   (static_cast<uint64_t>(micro) << 32) + index);
 }
 
