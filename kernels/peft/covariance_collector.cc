@@ -109,14 +109,23 @@ absl::Status CovarianceCollector::OnLinearInput(int64_t layer, InputSite site, c
 }
 
 absl::StatusOr<CovarianceSet> CovarianceCollector::Finish() {
-  if (finished_) return absl::FailedPreconditionError("CovarianceCollector::Finish called twice");
-  finished_ = true;
-  scratch_.clear();
-  if (samples_ == 0) {
+  if (!finished_ && samples_ == 0) {
+    finished_ = true;
     return absl::FailedPreconditionError(
         "covariance collection saw no calibration samples: the calibration data is empty (or every sample has "
         "length 0)");
   }
+  ST_ASSIGN_OR_RETURN(CovarianceSet set, FinishPartial());
+  for (auto& [key, sum] : set.covariance) {
+    ST_RETURN_IF_ERROR(NormalizeCovariance(*backend_, SiteTensorName(key), set.samples, &sum));
+  }
+  return set;
+}
+
+absl::StatusOr<CovarianceSet> CovarianceCollector::FinishPartial() {
+  if (finished_) return absl::FailedPreconditionError("CovarianceCollector::Finish called twice");
+  finished_ = true;
+  scratch_.clear();
   for (const auto& [key, site] : sites_) {
     if (site.calls != batches_) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -134,21 +143,29 @@ absl::StatusOr<CovarianceSet> CovarianceCollector::Finish() {
   out.samples = samples_;
   out.tokens = tokens_;
   for (auto& [key, site] : sites_) {
-    // sum *= 1/N, as an in-place axpy: sum += (1/N - 1) * sum (elementwise, so aliasing is fine),
-    // then mirror the upper triangle, so the result is exactly symmetric whatever rounding the
-    // vectorised axpy applies at each position.
-    ST_RETURN_IF_ERROR(backend_->Axpy(1.0 / static_cast<double>(samples_) - 1.0, site.sum, &site.sum));
     ST_RETURN_IF_ERROR(backend_->SymmetrizeFromUpper(&site.sum));
-    ST_ASSIGN_OR_RETURN(const int64_t non_finite, backend_->CountNonFinite(site.sum));
-    if (non_finite > 0) {
-      return absl::InvalidArgumentError(absl::StrCat("the covariance of ", SiteTensorName(key), " holds ", non_finite,
-                                                     " non-finite values after accumulation (overflow); use "
-                                                     "f64 accumulation or fewer/shorter calibration samples"));
-    }
     out.covariance[key] = std::move(site.sum);
   }
   sites_.clear();
   return out;
+}
+
+absl::Status NormalizeCovariance(model::ModelBackend& backend, const std::string& name, int64_t samples, Tensor* sum) {
+  if (samples < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("the covariance of ", name, " has no calibration samples"));
+  }
+  // sum *= 1/N, as an in-place axpy: sum += (1/N - 1) * sum (elementwise, so aliasing is fine),
+  // then mirror the upper triangle, so the result is exactly symmetric whatever rounding the
+  // vectorised axpy applies at each position.
+  ST_RETURN_IF_ERROR(backend.Axpy(1.0 / static_cast<double>(samples) - 1.0, *sum, sum));
+  ST_RETURN_IF_ERROR(backend.SymmetrizeFromUpper(sum));
+  ST_ASSIGN_OR_RETURN(const int64_t non_finite, backend.CountNonFinite(*sum));
+  if (non_finite > 0) {
+    return absl::InvalidArgumentError(absl::StrCat("the covariance of ", name, " holds ", non_finite,
+                                                   " non-finite values after accumulation (overflow); use "
+                                                   "f64 accumulation or fewer/shorter calibration samples"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sigmatune::peft

@@ -69,6 +69,14 @@ class CovarianceCollector final : public model::ModelObserver {
   // (InvalidArgument with their count: PEFT raises on the first), or a non-finite sum (overflow).
   absl::StatusOr<CovarianceSet> Finish();
 
+  // The distributed form of Finish, for a group whose ranks each see some of the samples: the
+  // symmetrised, NOT normalised sums with this collector's sample and token counts. Zero samples
+  // (a rank with no share of a small calibration set) give zero matrices instead of an error; the
+  // other checks of Finish hold. The caller sums the sets over ranks (in the accumulation dtype)
+  // and applies NormalizeCovariance with the total sample count: on one rank this equals Finish
+  // bit for bit.
+  absl::StatusOr<CovarianceSet> FinishPartial();
+
  private:
   struct Site {
     Tensor sum;      // [n, n], upper triangle accumulated
@@ -87,6 +95,10 @@ class CovarianceCollector final : public model::ModelObserver {
   int64_t tokens_ = 0;
   bool finished_ = false;
 };
+
+// Divides a summed covariance (of `samples` samples in all) by the count and checks it: the last
+// step of Finish. InvalidArgument naming `name` when samples < 1 or a value is not finite.
+absl::Status NormalizeCovariance(model::ModelBackend& backend, const std::string& name, int64_t samples, Tensor* sum);
 
 }  // namespace sigmatune::peft
 
