@@ -322,6 +322,45 @@ void RemoveCheckpointDir(const std::string& root, const std::string& name) {
   fs::remove_all(doomed, ec);
 }
 
+// The problems of `staged_dir` against `entries` ("x: missing; y: checksum mismatch"), empty when
+// it holds exactly those files.
+std::vector<std::string> StagedProblems(const std::string& staged_dir, const std::vector<FileEntry>& entries) {
+  std::vector<std::string> problems;
+  std::set<std::string> listed;
+  for (const FileEntry& entry : entries) {
+    listed.insert(entry.name);
+    const std::string path = JoinPath(staged_dir, entry.name);
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+      const int err = errno;
+      problems.push_back(absl::StrCat(entry.name, ": ", err == ENOENT ? "missing" : ErrnoText(err)));
+      continue;
+    }
+    if (static_cast<uint64_t>(st.st_size) != entry.size) {
+      problems.push_back(absl::StrCat(entry.name, ": ", st.st_size, " bytes, its writer reported ", entry.size));
+      continue;
+    }
+    absl::StatusOr<std::string> bytes = ReadWholeFile(path, static_cast<size_t>(entry.size));
+    if (!bytes.ok()) {
+      problems.push_back(absl::StrCat(entry.name, ": ", bytes.status().message()));
+      continue;
+    }
+    if (bytes->size() != entry.size || Checksum(*bytes) != entry.checksum) {
+      problems.push_back(absl::StrCat(entry.name, ": checksum mismatch (changed after its writer wrote it)"));
+    }
+  }
+  std::error_code ec;
+  fs::directory_iterator it(staged_dir, ec);
+  const fs::directory_iterator end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.empty() || name.front() == '.' || listed.count(name) != 0) continue;
+    problems.push_back(absl::StrCat(name, ": in the staged directory but reported by no rank"));
+  }
+  if (ec) problems.push_back(absl::StrCat("the staged directory cannot be listed: ", ec.message()));
+  return problems;
+}
+
 }  // namespace
 
 std::string StepDirName(int64_t step) { return absl::StrFormat("%s%08d", kStepPrefix, step); }
@@ -374,6 +413,24 @@ std::optional<int64_t> CheckpointStore::PreviousStep() const {
   return scan->steps.back();
 }
 
+std::string CheckpointStore::TempDirFor(int64_t step) const {
+  return JoinPath(root_, absl::StrCat(StepDirName(step), kTmpMarker, ::getpid()));
+}
+
+absl::Status CheckpointStore::SaveFailed(int64_t step, const std::optional<int64_t>& previous,
+                                         const absl::Status& why, bool cleanup_failed) const {
+  const std::string intact = previous
+                                 ? absl::StrCat("the previous checkpoint (step ", *previous, ", ",
+                                                JoinPath(root_, StepDirName(*previous)),
+                                                ") is intact and `latest` is unchanged")
+                                 : std::string("no earlier checkpoint exists");
+  return absl::Status(why.code(),
+                      absl::StrCat("saving checkpoint step ", step, " in ", root_, " failed: ",
+                                   why.message(), "; the partial checkpoint was removed",
+                                   cleanup_failed ? " (or will be at the next save)" : "", " and ",
+                                   intact, "; fix the cause (e.g. free disk space) and save again"));
+}
+
 absl::Status CheckpointStore::Save(int64_t step, const std::map<std::string, std::string>& files) {
   if (step < 0) {
     return absl::InvalidArgumentError(absl::StrCat("checkpoint store ", root_, ": step ", step,
@@ -382,48 +439,118 @@ absl::Status CheckpointStore::Save(int64_t step, const std::map<std::string, std
   for (const auto& [name, bytes] : files) ST_RETURN_IF_ERROR(ValidateFileName(name));
 
   const std::optional<int64_t> previous = PreviousStep();
-  const std::string tmp_dir =
-      JoinPath(root_, absl::StrCat(StepDirName(step), kTmpMarker, ::getpid()));
+  const std::string tmp_dir = TempDirFor(step);
   std::error_code ec;
   fs::remove_all(tmp_dir, ec);  // an earlier failed attempt of this process
 
-  const absl::Status written = WriteAndPublish(step, files, tmp_dir);
+  absl::Status written = formats::CreateDirectoryDurably(tmp_dir);
+  std::vector<FileEntry> entries;
+  for (auto it = files.begin(); written.ok() && it != files.end(); ++it) {
+    absl::StatusOr<FileEntry> entry = WriteStagedFile(tmp_dir, it->first, it->second);
+    if (entry.ok()) {
+      entries.push_back(*std::move(entry));
+    } else {
+      written = entry.status();
+    }
+  }
+  if (written.ok()) written = Publish(step, entries, tmp_dir);
   if (!written.ok()) {
     fs::remove_all(tmp_dir, ec);
-    const std::string intact = previous
-                                   ? absl::StrCat("the previous checkpoint (step ", *previous, ", ",
-                                                  JoinPath(root_, StepDirName(*previous)),
-                                                  ") is intact and `latest` is unchanged")
-                                   : std::string("no earlier checkpoint exists");
-    return absl::Status(written.code(),
-                        absl::StrCat("saving checkpoint step ", step, " in ", root_, " failed: ",
-                                     written.message(), "; the partial checkpoint was removed",
-                                     ec ? " (or will be at the next save)" : "", " and ", intact,
-                                     "; fix the cause (e.g. free disk space) and save again"));
+    return SaveFailed(step, previous, written, static_cast<bool>(ec));
   }
   Prune(step);
   return absl::OkStatus();
 }
 
-absl::Status CheckpointStore::WriteAndPublish(int64_t step,
-                                              const std::map<std::string, std::string>& files,
-                                              const std::string& tmp_dir) {
-  ST_RETURN_IF_ERROR(formats::CreateDirectoryDurably(tmp_dir));
-  Json entries = Json::array();
-  for (const auto& [name, bytes] : files) {
-    const absl::Status st = formats::WriteFileAtomically(JoinPath(tmp_dir, name), bytes);
-    if (!st.ok()) return absl::Status(st.code(), absl::StrCat("file ", name, ": ", st.message()));
+absl::StatusOr<std::string> CheckpointStore::BeginStaged(int64_t step) {
+  if (step < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint store ", root_, ": step ", step,
+                                                   " is negative; steps count from 0"));
+  }
+  const std::string tmp_dir = TempDirFor(step);
+  std::error_code ec;
+  fs::remove_all(tmp_dir, ec);  // an earlier failed attempt of this process
+  const absl::Status created = formats::CreateDirectoryDurably(tmp_dir);
+  if (!created.ok()) {
+    return absl::Status(created.code(), absl::StrCat("starting checkpoint step ", step, " in ", root_,
+                                                     " failed: ", created.message()));
+  }
+  return tmp_dir;
+}
+
+absl::StatusOr<FileEntry> CheckpointStore::WriteStagedFile(const std::string& staged_dir,
+                                                           const std::string& name,
+                                                           const std::string& bytes) {
+  ST_RETURN_IF_ERROR(ValidateFileName(name));
+  const absl::Status st = formats::WriteFileAtomically(JoinPath(staged_dir, name), bytes);
+  if (!st.ok()) return absl::Status(st.code(), absl::StrCat("file ", name, ": ", st.message()));
+  FileEntry entry;
+  entry.name = name;
+  entry.size = static_cast<uint64_t>(bytes.size());
+  entry.checksum = Checksum(bytes);
+  return entry;
+}
+
+absl::Status CheckpointStore::CommitStaged(int64_t step, const std::string& staged_dir,
+                                           const std::vector<FileEntry>& entries) {
+  if (step < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint store ", root_, ": step ", step,
+                                                   " is negative; steps count from 0"));
+  }
+  const fs::path staged(staged_dir);
+  if (staged.parent_path().string() != root_ ||
+      !absl::StartsWith(staged.filename().string(), absl::StrCat(StepDirName(step), kTmpMarker))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint store ", root_, ": ", staged_dir, " is not a staged directory of step ", step,
+        "; pass what BeginStaged(", step, ") returned"));
+  }
+  std::set<std::string> names;
+  for (const FileEntry& entry : entries) {
+    ST_RETURN_IF_ERROR(ValidateFileName(entry.name));
+    if (!names.insert(entry.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint step ", step, ": two ranks reported the file ",
+                                                     entry.name, "; every file must have one writer"));
+    }
+  }
+  const std::optional<int64_t> previous = PreviousStep();
+  absl::Status committed = absl::OkStatus();
+  const std::vector<std::string> problems = StagedProblems(staged_dir, entries);
+  if (!problems.empty()) {
+    committed = absl::DataLossError(absl::StrCat("the staged files do not match what the ranks wrote: ",
+                                                 absl::StrJoin(problems, "; ")));
+  }
+  if (committed.ok()) committed = Publish(step, entries, staged_dir);
+  if (!committed.ok()) {
+    std::error_code ec;
+    fs::remove_all(staged_dir, ec);
+    return SaveFailed(step, previous, committed, static_cast<bool>(ec));
+  }
+  Prune(step);
+  return absl::OkStatus();
+}
+
+void CheckpointStore::AbortStaged(const std::string& staged_dir) {
+  const fs::path staged(staged_dir);
+  if (staged.parent_path().string() != root_ || !ParseTmpDirPid(staged.filename().string()).has_value()) return;
+  std::error_code ec;
+  fs::remove_all(staged, ec);
+}
+
+absl::Status CheckpointStore::Publish(int64_t step, const std::vector<FileEntry>& entries,
+                                      const std::string& tmp_dir) {
+  Json files = Json::array();
+  for (const FileEntry& e : entries) {
     Json entry = Json::object();
-    entry["name"] = name;
-    entry["size"] = static_cast<uint64_t>(bytes.size());
-    entry["checksum"] = Checksum(bytes);
-    entries.push_back(std::move(entry));
+    entry["name"] = e.name;
+    entry["size"] = e.size;
+    entry["checksum"] = e.checksum;
+    files.push_back(std::move(entry));
   }
   Json manifest = Json::object();
   manifest["format"] = kFormat;
   manifest["step"] = step;
   manifest["created"] = absl::ToUnixSeconds(absl::Now());
-  manifest["files"] = std::move(entries);
+  manifest["files"] = std::move(files);
   {
     const absl::Status st =
         formats::WriteFileAtomically(JoinPath(tmp_dir, kManifestName), manifest.dump(2) + "\n");

@@ -13,9 +13,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -458,6 +460,166 @@ TEST(CheckpointStoreTest, DiskFullLeavesThePreviousCheckpointIntact) {
   // With room again, the same step saves.
   ASSERT_TRUE(store.Save(200, FilesFor(200)).ok());
   EXPECT_EQ(LoadOrDie(store).step, 200);
+}
+
+// The files of one checkpoint as three ranks write them: the leader the adapter, the state and its
+// optimizer shard, the others their shards.
+std::vector<std::map<std::string, std::string>> RankFilesFor(int64_t step) {
+  std::vector<std::map<std::string, std::string>> ranks(3);
+  ranks[0] = {{"adapter.safetensors", Binary(step, 4096)},
+              {"trainer_state.json", absl::StrCat("{\"step\": ", step, "}")},
+              {"optimizer-0-of-3.safetensors", Binary(step + 1, 3000)}};
+  ranks[1] = {{"optimizer-1-of-3.safetensors", Binary(step + 2, 3000)}};
+  ranks[2] = {{"optimizer-2-of-3.safetensors", Binary(step + 3, 2999)}};
+  return ranks;
+}
+
+std::map<std::string, std::string> AllFiles(const std::vector<std::map<std::string, std::string>>& ranks) {
+  std::map<std::string, std::string> all;
+  for (const auto& files : ranks) all.insert(files.begin(), files.end());
+  return all;
+}
+
+// Every rank's files written into `staged` (each rank on its own thread); the entries in rank order.
+std::vector<FileEntry> WriteRanks(const std::string& staged,
+                                  const std::vector<std::map<std::string, std::string>>& ranks) {
+  std::vector<std::vector<FileEntry>> per_rank(ranks.size());
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    threads.emplace_back([&, r] {
+      for (const auto& [name, bytes] : ranks[r]) {
+        absl::StatusOr<FileEntry> entry = CheckpointStore::WriteStagedFile(staged, name, bytes);
+        ST_CHECK(entry.ok()) << entry.status();
+        per_rank[r].push_back(*entry);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  std::vector<FileEntry> entries;
+  for (const auto& e : per_rank) entries.insert(entries.end(), e.begin(), e.end());
+  return entries;
+}
+
+TEST(CheckpointStoreTest, StagedCheckpointOfThreeRanksLoads) {
+  const std::string root = FreshRoot("staged");
+  CheckpointStore store = OpenOrDie(root, /*keep=*/2);
+  for (const int64_t step : {100, 200, 300}) {
+    absl::StatusOr<std::string> staged = store.BeginStaged(step);
+    ASSERT_TRUE(staged.ok()) << staged.status();
+    EXPECT_TRUE(absl::StartsWith(*staged, absl::StrCat(root, "/", StepDirName(step), ".tmp-"))) << *staged;
+    EXPECT_TRUE(fs::is_directory(*staged));
+    const auto ranks = RankFilesFor(step);
+    const std::vector<FileEntry> entries = WriteRanks(*staged, ranks);
+    EXPECT_EQ(entries[0].size, 4096u);
+    EXPECT_EQ(entries[0].checksum, Fingerprint().Update(ranks[0].at("adapter.safetensors")).Hex());
+    const absl::Status committed = store.CommitStaged(step, *staged, entries);
+    ASSERT_TRUE(committed.ok()) << committed;
+    EXPECT_FALSE(fs::exists(*staged));
+    const LoadedCheckpoint loaded = LoadOrDie(store);
+    EXPECT_EQ(loaded.step, step);
+    EXPECT_EQ(loaded.files, AllFiles(ranks));
+    EXPECT_TRUE(loaded.warnings.empty()) << absl::StrJoin(loaded.warnings, "\n");
+    EXPECT_EQ(ReadAll(root + "/latest"), StepDirName(step) + "\n");
+  }
+  // Pruned as Save prunes; no temporary directory left.
+  EXPECT_EQ(store.ListSteps(), (std::vector<int64_t>{200, 300}));
+  EXPECT_EQ(CountTmpDirs(root), 0);
+  const nlohmann::json manifest = nlohmann::json::parse(ReadAll(root + "/step-00000300/manifest.json"));
+  EXPECT_EQ(manifest["format"], "sigmatune-checkpoint/1");
+  EXPECT_EQ(manifest["step"], 300);
+  EXPECT_EQ(manifest["files"].size(), 5u);
+  // Rewriting a step through the staged path replaces it.
+  absl::StatusOr<std::string> again = store.BeginStaged(300);
+  ASSERT_TRUE(again.ok());
+  auto ranks = RankFilesFor(301);
+  ASSERT_TRUE(store.CommitStaged(300, *again, WriteRanks(*again, ranks)).ok());
+  EXPECT_EQ(LoadOrDie(store).files, AllFiles(ranks));
+  EXPECT_EQ(CountTmpDirs(root), 0);
+}
+
+TEST(CheckpointStoreTest, BadStagedFilesFailTheCommitAndKeepLatest) {
+  struct Case {
+    std::string what;
+    std::function<void(const std::string& staged, std::vector<FileEntry>* entries)> damage;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {"a rank's file is missing",
+       [](const std::string& staged, std::vector<FileEntry>*) {
+         fs::remove(staged + "/optimizer-1-of-3.safetensors");
+       },
+       {"optimizer-1-of-3.safetensors: missing"}},
+      {"a file was corrupted after its rank wrote it",
+       [](const std::string& staged, std::vector<FileEntry>*) {
+         std::string bytes = ReadAll(staged + "/optimizer-2-of-3.safetensors");
+         bytes[1000] ^= 0x40;
+         WriteAll(staged + "/optimizer-2-of-3.safetensors", bytes);
+       },
+       {"optimizer-2-of-3.safetensors: checksum mismatch"}},
+      {"a file was truncated",
+       [](const std::string& staged, std::vector<FileEntry>*) {
+         fs::resize_file(staged + "/adapter.safetensors", 100);
+       },
+       {"adapter.safetensors: 100 bytes", "4096"}},
+      {"a rank's entry was lost",
+       [](const std::string&, std::vector<FileEntry>* entries) { entries->pop_back(); },
+       {"optimizer-2-of-3.safetensors", "reported by no rank"}},
+      {"an entry names a file nobody wrote",
+       [](const std::string&, std::vector<FileEntry>* entries) {
+         entries->push_back({"optimizer-3-of-3.safetensors", 10, "00"});
+       },
+       {"optimizer-3-of-3.safetensors: missing"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    CheckpointStore store = OpenOrDie(FreshRoot("staged_bad"));
+    ASSERT_TRUE(store.Save(100, FilesFor(100)).ok());
+    absl::StatusOr<std::string> staged = store.BeginStaged(200);
+    ASSERT_TRUE(staged.ok()) << staged.status();
+    std::vector<FileEntry> entries = WriteRanks(*staged, RankFilesFor(200));
+    c.damage(*staged, &entries);
+    const absl::Status committed = store.CommitStaged(200, *staged, entries);
+    EXPECT_EQ(committed.code(), absl::StatusCode::kDataLoss) << committed;
+    for (const std::string& part : c.parts) EXPECT_THAT(std::string(committed.message()), HasSubstr(part));
+    EXPECT_THAT(std::string(committed.message()), HasSubstr("previous checkpoint (step 100"));
+    EXPECT_EQ(ReadAll(store.root() + "/latest"), "step-00000100\n");
+    EXPECT_EQ(store.ListSteps(), std::vector<int64_t>{100});
+    EXPECT_EQ(CountTmpDirs(store.root()), 0);
+    const LoadedCheckpoint loaded = LoadOrDie(store);
+    EXPECT_EQ(loaded.step, 100);
+    EXPECT_EQ(loaded.files, FilesFor(100));
+  }
+}
+
+TEST(CheckpointStoreTest, StagedArgumentsAreCheckedAndAbortCleansUp) {
+  const std::string root = FreshRoot("staged_args");
+  CheckpointStore store = OpenOrDie(root);
+  EXPECT_EQ(store.BeginStaged(-1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CheckpointStore::WriteStagedFile(root, "manifest.json", "x").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CheckpointStore::WriteStagedFile(root, "../escape", "x").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<std::string> staged = store.BeginStaged(7);
+  ASSERT_TRUE(staged.ok());
+  const std::vector<FileEntry> entries = WriteRanks(*staged, RankFilesFor(7));
+  // Another step's directory, or a directory outside the root: refused, nothing removed.
+  EXPECT_EQ(store.CommitStaged(8, *staged, entries).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.CommitStaged(7, root + "/elsewhere", entries).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<FileEntry> twice = entries;
+  twice.push_back(entries[0]);
+  EXPECT_THAT(std::string(store.CommitStaged(7, *staged, twice).message()), HasSubstr("two ranks"));
+  EXPECT_TRUE(fs::is_directory(*staged));
+  // A rank failed: the leader aborts; nothing is published.
+  store.AbortStaged(root + "/not-a-staged-dir");  // ignored
+  store.AbortStaged(*staged);
+  EXPECT_FALSE(fs::exists(*staged));
+  EXPECT_TRUE(store.ListSteps().empty());
+  absl::StatusOr<std::optional<LoadedCheckpoint>> none = store.LoadLatest();
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  // A write into a directory that is gone names the file.
+  EXPECT_THAT(std::string(CheckpointStore::WriteStagedFile(*staged, "adapter.safetensors", "x").status().message()),
+              HasSubstr("adapter.safetensors"));
 }
 
 }  // namespace

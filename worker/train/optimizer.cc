@@ -69,23 +69,11 @@ absl::Status ValidateAdamWOptions(const AdamWOptions& o) {
                       "finite (<= 0 turns clipping off)");
 }
 
-AdamW::AdamW(model::ModelBackend* backend, std::vector<Param> params, AdamWOptions options, std::vector<Tensor> exp_avg,
-             std::vector<Tensor> exp_avg_sq)
-    : backend_(backend),
-      params_(std::move(params)),
-      options_(options),
-      exp_avg_(std::move(exp_avg)),
-      exp_avg_sq_(std::move(exp_avg_sq)) {}
-
-absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(model::ModelBackend* backend, std::vector<Param> params,
-                                                     AdamWOptions options) {
-  ST_CHECK(backend != nullptr);
-  ST_RETURN_IF_ERROR(ValidateAdamWOptions(options));
+absl::Status ValidateAdamWParams(Device device, const std::vector<AdamW::Param>& params) {
   if (params.empty()) return absl::InvalidArgumentError("AdamW: no parameters to optimize");
-  const Device device = backend->device();
   std::set<std::string> names;
   std::set<const void*> buffers;
-  for (const Param& p : params) {
+  for (const AdamW::Param& p : params) {
     if (p.name.empty()) return absl::InvalidArgumentError("AdamW: a parameter has an empty name");
     if (!names.insert(p.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("AdamW: duplicate parameter name '", p.name, "'"));
@@ -106,6 +94,22 @@ absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(model::ModelBackend* backen
       }
     }
   }
+  return absl::OkStatus();
+}
+
+AdamW::AdamW(model::ModelBackend* backend, std::vector<Param> params, AdamWOptions options, std::vector<Tensor> exp_avg,
+             std::vector<Tensor> exp_avg_sq)
+    : backend_(backend),
+      params_(std::move(params)),
+      options_(options),
+      exp_avg_(std::move(exp_avg)),
+      exp_avg_sq_(std::move(exp_avg_sq)) {}
+
+absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(model::ModelBackend* backend, std::vector<Param> params,
+                                                     AdamWOptions options) {
+  ST_CHECK(backend != nullptr);
+  ST_RETURN_IF_ERROR(ValidateAdamWOptions(options));
+  ST_RETURN_IF_ERROR(ValidateAdamWParams(backend->device(), params));
   std::vector<Tensor> exp_avg, exp_avg_sq;
   for (const Param& p : params) {
     ST_ASSIGN_OR_RETURN(Tensor m, backend->Zeros(p.value->shape(), p.value->dtype()));

@@ -92,6 +92,10 @@ class AdamW {
   int64_t step_ = 0;
 };
 
+// What AdamW::Create checks of its parameters for a backend on `device` (InvalidArgument naming the
+// parameter otherwise); shared with ShardedAdamW (sharded_optimizer.h).
+absl::Status ValidateAdamWParams(Device device, const std::vector<AdamW::Param>& params);
+
 }  // namespace sigmatune::train
 
 #endif  // SIGMATUNE_WORKER_TRAIN_OPTIMIZER_H_
