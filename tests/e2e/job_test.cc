@@ -191,7 +191,8 @@ TEST_F(JobTest, ResumeAfterAStopIsBitIdentical) {
   EXPECT_EQ(second->train.steps_done, 6);
   for (const char* file : {"adapter/adapter_model.safetensors", "adapter_lora/adapter_model.safetensors",
                            "checkpoints/step-00000006/adapter.safetensors",
-                           "checkpoints/step-00000006/optimizer.safetensors"}) {
+                           "checkpoints/step-00000006/optimizer-0-of-1.safetensors"}) {
+    EXPECT_TRUE(fs::exists(fs::path(interrupted.output_dir()) / file)) << file;
     EXPECT_EQ(ReadFile((fs::path(straight.output_dir()) / file).string()),
               ReadFile((fs::path(interrupted.output_dir()) / file).string()))
         << file;

@@ -1,5 +1,7 @@
 #include "worker/job/adapters.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -8,6 +10,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "kernels/base/check.h"
 #include "formats/safetensors.h"
 #include "kernels/base/fingerprint.h"
 #include "kernels/base/rng.h"
@@ -54,6 +58,83 @@ absl::StatusOr<Tensor> CastTo(model::ModelBackend& backend, const Tensor& t, DTy
   return out;
 }
 
+// Sums `t` (on `backend`) over the group into `owner`'s copy (host memory in between when the
+// backend is not the CPU).
+absl::Status ReduceToOwner(model::ModelBackend& backend, comm::Communicator& comm, int owner, Tensor* t) {
+  if (comm.size() == 1) return absl::OkStatus();
+  Tensor host = t->device().is_cpu() ? *t : Tensor();
+  if (!host.defined()) {
+    ST_ASSIGN_OR_RETURN(host, backend.Download(*t));
+  }
+  ST_CHECK(host.is_contiguous());
+  const size_t n = static_cast<size_t>(host.numel());
+  if (host.dtype() == DType::kF64) {
+    ST_RETURN_IF_ERROR(comm.ReduceSum(owner, absl::MakeSpan(host.data<double>(), n)));
+  } else {
+    ST_CHECK(host.dtype() == DType::kF32) << "covariances are f32 or f64";
+    ST_RETURN_IF_ERROR(comm.ReduceSum(owner, absl::MakeSpan(host.data<float>(), n)));
+  }
+  if (comm.rank() == owner && !t->device().is_cpu()) {
+    ST_ASSIGN_OR_RETURN(Tensor device, backend.Upload(host));
+    ST_RETURN_IF_ERROR(backend.Copy(device, t));
+  }
+  return absl::OkStatus();
+}
+
+// Every rank's peak resident memory, reported by the leader: "<phase>: peak memory per rank ...".
+absl::Status ReportPeakMemory(comm::Communicator& comm, const std::string& phase, train::ProgressSink* sink,
+                              std::vector<std::string>* notes) {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  std::vector<int64_t> peak(comm.size(), 0);
+  peak[comm.rank()] = static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux: kilobytes
+  ST_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(peak)));
+  std::vector<std::string> parts;
+  for (int r = 0; r < comm.size(); ++r) {
+    parts.push_back(absl::StrFormat("rank %d %.0f MiB", r, static_cast<double>(peak[r]) / (1 << 20)));
+  }
+  const std::string message = absl::StrCat(phase, ": peak memory (RSS) per rank: ", absl::StrJoin(parts, ", "));
+  if (comm.is_leader()) notes->push_back(message);
+  return Emit(sink, train::Phase::kCalibrate, 0, 0, 0, message);
+}
+
+// One target's initialisation as bytes (the broadcast from its owner) and back.
+// W_res travels only for the methods that change the base (LoRA's is W, which every rank has).
+absl::StatusOr<std::string> SerializeInit(model::ModelBackend& backend, peft::Method method,
+                                          const peft::AdapterInit& init) {
+  std::map<std::string, Tensor> tensors;
+  const std::pair<const char*, const Tensor*> fields[] = {{"a", &init.a},         {"b", &init.b},
+                                                          {"d", &init.d},         {"w_res", &init.w_res},
+                                                          {"tail_u", &init.tail_u}, {"tail_s", &init.tail_s},
+                                                          {"tail_vt", &init.tail_vt}};
+  for (const auto& [name, t] : fields) {
+    if (!t->defined() || (t == &init.w_res && !peft::ChangesBase(method))) continue;
+    ST_ASSIGN_OR_RETURN(tensors[name], backend.Download(*t));
+  }
+  return formats::SerializeSafetensors(tensors, {{"scale", absl::StrFormat("%.17g", init.scale)}});
+}
+
+absl::StatusOr<peft::AdapterInit> ParseInit(model::ModelBackend& backend, const std::string& bytes,
+                                            const std::string& module) {
+  ST_ASSIGN_OR_RETURN(formats::SafetensorsReader reader,
+                      formats::SafetensorsReader::FromBuffer(bytes, absl::StrCat("the broadcast init of ", module)));
+  peft::AdapterInit init;
+  auto scale = reader.metadata().find("scale");
+  if (scale == reader.metadata().end() || !absl::SimpleAtod(scale->second, &init.scale)) {
+    return absl::DataLossError(absl::StrCat("the broadcast init of ", module, " has no scale"));
+  }
+  const std::pair<const char*, Tensor*> fields[] = {{"a", &init.a},         {"b", &init.b},
+                                                    {"d", &init.d},         {"w_res", &init.w_res},
+                                                    {"tail_u", &init.tail_u}, {"tail_s", &init.tail_s},
+                                                    {"tail_vt", &init.tail_vt}};
+  for (const auto& [name, t] : fields) {
+    if (!reader.Contains(name)) continue;
+    ST_ASSIGN_OR_RETURN(Tensor view, reader.GetTensor(name));
+    ST_ASSIGN_OR_RETURN(*t, backend.Upload(OwnedCopy(view)));
+  }
+  return init;
+}
+
 }  // namespace
 
 std::string SamplesFingerprint(const std::vector<std::vector<int32_t>>& samples) {
@@ -67,44 +148,72 @@ std::string SamplesFingerprint(const std::vector<std::vector<int32_t>>& samples)
   return fp.Hex();
 }
 
-absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, const std::vector<peft::SiteKey>& sites,
+std::string CovarianceCachePath(const std::string& cache_dir, const formats::CovarianceFileKey& key,
+                                const std::string& site_name) {
+  formats::CovarianceFileKey one = key;
+  one.sites = {site_name};
+  return absl::StrCat(cache_dir, "/covariance-", one.ContentKey(), ".safetensors");
+}
+
+absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, comm::Communicator& comm,
+                                              const WorkPlan& plan, const std::vector<peft::SiteKey>& sites,
                                               const std::vector<std::vector<int32_t>>& samples,
                                               const CalibrateOptions& options, train::ProgressSink* sink,
                                               std::vector<std::string>* notes) {
+  ST_CHECK(plan.world_size == comm.size()) << "the plan is for " << plan.world_size << " ranks";
   model::ModelBackend& backend = model.backend();
   const auto start = std::chrono::steady_clock::now();
-  std::map<std::string, peft::SiteKey> by_name;
-  for (const peft::SiteKey& site : sites) by_name[peft::SiteTensorName(site)] = site;
-
-  if (!options.cache_path.empty()) {
-    absl::StatusOr<formats::CovarianceFile> cached = formats::ReadCovarianceFile(options.cache_path, options.key);
-    if (cached.ok()) {
-      peft::CovarianceSet set;
-      set.samples = cached->samples;
-      set.tokens = cached->tokens;
-      for (auto& [name, tensor] : cached->covariance) {
-        auto it = by_name.find(name);
-        if (it == by_name.end()) continue;
-        ST_ASSIGN_OR_RETURN(set.covariance[it->second], backend.Upload(OwnedCopy(tensor)));
-      }
-      if (set.covariance.size() == sites.size()) {
-        notes->push_back(absl::StrCat("calibration: reused the covariance cache ", options.cache_path));
-        ST_RETURN_IF_ERROR(Emit(sink, train::Phase::kCalibrate, 1, 1, Since(start),
-                                absl::StrCat("reused cached covariances ", options.cache_path)));
-        return set;
-      }
-    } else if (!absl::IsNotFound(cached.status())) {
-      notes->push_back(absl::StrCat("calibration: cache not used (", cached.status().message(), ")"));
-    }
+  std::vector<peft::SiteKey> mine;
+  for (const peft::SiteKey& site : sites) {
+    auto it = plan.site_owner.find(site);
+    ST_CHECK(it != plan.site_owner.end()) << peft::SiteTensorName(site) << " has no owner";
+    if (it->second == comm.rank()) mine.push_back(site);
   }
 
+  // The cache: every owner looks for its sites; the group recomputes unless all of them hit.
+  peft::CovarianceSet cached;
+  int64_t misses[1] = {0};
+  if (!options.cache_dir.empty()) {
+    for (const peft::SiteKey& site : mine) {
+      const std::string name = peft::SiteTensorName(site);
+      formats::CovarianceFileKey key = options.key;
+      key.sites = {name};
+      const std::string path = CovarianceCachePath(options.cache_dir, options.key, name);
+      absl::StatusOr<formats::CovarianceFile> file = formats::ReadCovarianceFile(path, key);
+      if (!file.ok() || file->covariance.count(name) == 0) {
+        if (!file.ok() && !absl::IsNotFound(file.status())) {
+          notes->push_back(absl::StrCat("calibration: cache not used (", file.status().message(), ")"));
+        }
+        ++misses[0];
+        continue;
+      }
+      ST_ASSIGN_OR_RETURN(cached.covariance[site], backend.Upload(OwnedCopy(file->covariance.at(name))));
+      cached.samples = file->samples;
+      cached.tokens = file->tokens;
+    }
+  } else {
+    misses[0] = static_cast<int64_t>(mine.size());
+  }
+  ST_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(misses, 1)));
+  if (misses[0] == 0) {
+    notes->push_back(absl::StrCat("calibration: reused the covariance cache in ", options.cache_dir));
+    ST_RETURN_IF_ERROR(Emit(sink, train::Phase::kCalibrate, 1, 1, Since(start),
+                            absl::StrCat("reused cached covariances (", sites.size(), " sites) in ",
+                                         options.cache_dir)));
+    return cached;
+  }
+  cached = peft::CovarianceSet();
+
+  // This rank's samples (j % size == rank), whole, in order, at most batch_tokens per batch.
   ST_ASSIGN_OR_RETURN(auto collector,
                       peft::CovarianceCollector::Create(&backend, model.config(), sites, options.accumulation));
-  // Whole samples in order, at most batch_tokens per batch.
   std::vector<std::vector<std::vector<int32_t>>> batches;
-  int64_t tokens = 0;
-  for (const std::vector<int32_t>& sample : samples) {
+  int64_t tokens = 0, non_empty = 0;
+  for (size_t j = 0; j < samples.size(); ++j) {
+    const std::vector<int32_t>& sample = samples[j];
     if (sample.empty()) continue;
+    ++non_empty;
+    if (static_cast<int>(j % static_cast<size_t>(comm.size())) != comm.rank()) continue;
     const int64_t n = static_cast<int64_t>(sample.size());
     if (batches.empty() || tokens + n > options.batch_tokens) {
       batches.emplace_back();
@@ -113,7 +222,7 @@ absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, const st
     batches.back().push_back(sample);
     tokens += n;
   }
-  if (batches.empty()) return absl::InvalidArgumentError("calibration: no non-empty samples");
+  if (non_empty == 0) return absl::InvalidArgumentError("calibration: no non-empty samples");
   for (size_t i = 0; i < batches.size(); ++i) {
     ST_ASSIGN_OR_RETURN(model::Batch batch, model::PackCausalLmBatch(backend, batches[i]));
     ST_RETURN_IF_ERROR(collector->BeginBatch(batch.cu_seqlens));
@@ -121,23 +230,51 @@ absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, const st
     ST_RETURN_IF_ERROR(Emit(sink, train::Phase::kCalibrate, static_cast<int64_t>(i) + 1,
                             static_cast<int64_t>(batches.size()), Since(start), ""));
   }
-  ST_ASSIGN_OR_RETURN(peft::CovarianceSet set, collector->Finish());
+  ST_ASSIGN_OR_RETURN(peft::CovarianceSet partial, collector->FinishPartial());
+  int64_t counts[2] = {partial.samples, partial.tokens};
+  ST_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(counts, 2)));
+
+  // Each site's sums reduced to its owner (in site order, the same on every rank).
+  peft::CovarianceSet set;
+  set.samples = counts[0];
+  set.tokens = counts[1];
+  for (const peft::SiteKey& site : sites) {
+    const int owner = plan.site_owner.at(site);
+    Tensor& sum = partial.covariance.at(site);
+    ST_RETURN_IF_ERROR(ReduceToOwner(backend, comm, owner, &sum));
+    if (owner == comm.rank()) {
+      ST_RETURN_IF_ERROR(peft::NormalizeCovariance(backend, peft::SiteTensorName(site), set.samples, &sum));
+      set.covariance[site] = std::move(sum);
+    }
+    partial.covariance.erase(site);  // frees the non-owners' copy at once
+  }
+  ST_RETURN_IF_ERROR(ReportPeakMemory(comm, "calibrate", sink, notes));
   ST_RETURN_IF_ERROR(Emit(sink, train::Phase::kCalibrate, static_cast<int64_t>(batches.size()),
                           static_cast<int64_t>(batches.size()), Since(start),
-                          absl::StrFormat("%d samples, %d tokens, %d covariance matrices", set.samples, set.tokens,
-                                          set.covariance.size())));
-  if (!options.cache_path.empty()) {
-    formats::CovarianceFile file;
-    file.key = options.key;
-    file.samples = set.samples;
-    file.tokens = set.tokens;
+                          absl::StrFormat("%d samples, %d tokens, %d covariance matrices on %d rank(s)", set.samples,
+                                          set.tokens, sites.size(), comm.size())));
+  if (!options.cache_dir.empty()) {
+    int written = 0;
     for (const auto& [site, tensor] : set.covariance) {
-      ST_ASSIGN_OR_RETURN(file.covariance[peft::SiteTensorName(site)], backend.Download(tensor));
+      const std::string name = peft::SiteTensorName(site);
+      formats::CovarianceFile file;
+      file.key = options.key;
+      file.key.sites = {name};
+      file.samples = set.samples;
+      file.tokens = set.tokens;
+      ST_ASSIGN_OR_RETURN(file.covariance[name], backend.Download(tensor));
+      const absl::Status status =
+          formats::WriteCovarianceFile(CovarianceCachePath(options.cache_dir, options.key, name), file);
+      if (!status.ok()) {
+        notes->push_back(absl::StrCat("calibration: could not cache the covariances (", status.message(),
+                                      "); the job goes on"));
+        break;
+      }
+      ++written;
     }
-    const absl::Status written = formats::WriteCovarianceFile(options.cache_path, file);
-    notes->push_back(written.ok() ? absl::StrCat("calibration: cached the covariances in ", options.cache_path)
-                                  : absl::StrCat("calibration: could not cache the covariances (",
-                                                 written.message(), "); the job goes on"));
+    if (written == static_cast<int>(set.covariance.size()) && written > 0) {
+      notes->push_back(absl::StrCat("calibration: cached ", written, " covariances in ", options.cache_dir));
+    }
   }
   return set;
 }
@@ -168,16 +305,21 @@ absl::Status CheckRankFits(const model::LlamaConfig& config, const peft::Adapter
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<train::TrainedLinear>> Decompose(model::ModelBackend& backend,
-                                                            const model::LlamaWeights& weights,
+absl::StatusOr<std::vector<train::TrainedLinear>> Decompose(model::ModelBackend& backend, comm::Communicator& comm,
+                                                            const WorkPlan& plan, const model::LlamaWeights& weights,
                                                             const peft::AdapterOptions& options,
                                                             const std::vector<peft::TargetModule>& targets,
                                                             const peft::CovarianceSet* covariance, uint64_t seed,
                                                             train::ProgressSink* sink) {
+  ST_CHECK(plan.world_size == comm.size() && plan.target_owner.size() == targets.size());
   const auto start = std::chrono::steady_clock::now();
   std::map<peft::SiteKey, Tensor> damped;
-  std::vector<train::TrainedLinear> linears;
+  std::vector<train::TrainedLinear> linears(targets.size());
+  int64_t done = 0;
+  int64_t own = 0;
+  for (int owner : plan.target_owner) own += owner == comm.rank() ? 1 : 0;
   for (size_t i = 0; i < targets.size(); ++i) {
+    if (plan.target_owner[i] != comm.rank()) continue;
     const peft::TargetModule& target = targets[i];
     const std::string name = target.name();
     const Tensor& w = weights.layers[target.layer].linear(target.kind);
@@ -207,20 +349,43 @@ absl::StatusOr<std::vector<train::TrainedLinear>> Decompose(model::ModelBackend&
         ST_ASSIGN_OR_RETURN(*t, CastTo(backend, *t, w.dtype()));
       }
     }
-    train::TrainedLinear linear;
-    linear.target = target;
-    linear.a = init.a;
-    linear.b = init.b;
-    linear.d = init.d;
-    linear.init = std::move(init);
-    linears.push_back(std::move(linear));
-    ST_RETURN_IF_ERROR(Emit(sink, train::Phase::kDecompose, static_cast<int64_t>(i) + 1,
-                            static_cast<int64_t>(targets.size()), Since(start),
-                            i + 1 == targets.size()
-                                ? absl::StrFormat("%s adapters for %d modules", peft::MethodName(options.method),
+    linears[i].init = std::move(init);
+    ++done;
+    ST_RETURN_IF_ERROR(Emit(sink, train::Phase::kDecompose, done, own, Since(start),
+                            done == own && comm.size() > 1
+                                ? absl::StrFormat("rank %d: %d of %d modules decomposed", comm.rank(), own,
                                                   targets.size())
                                 : std::string()));
   }
+  damped.clear();
+  // Every target's init from its owner to everyone, in target order.
+  if (comm.size() > 1) {
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const int owner = plan.target_owner[i];
+      std::string bytes;
+      if (owner == comm.rank()) {
+        ST_ASSIGN_OR_RETURN(bytes, SerializeInit(backend, options.method, linears[i].init));
+      }
+      ST_RETURN_IF_ERROR(comm.Broadcast(owner, &bytes));
+      if (owner != comm.rank()) {
+        ST_ASSIGN_OR_RETURN(linears[i].init, ParseInit(backend, bytes, targets[i].name()));
+      }
+    }
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    train::TrainedLinear& linear = linears[i];
+    linear.target = targets[i];
+    if (!peft::ChangesBase(options.method) && !linear.init.w_res.defined()) {
+      linear.init.w_res = weights.layers[targets[i].layer].linear(targets[i].kind);
+    }
+    linear.a = linear.init.a;
+    linear.b = linear.init.b;
+    linear.d = linear.init.d;
+  }
+  ST_RETURN_IF_ERROR(Emit(sink, train::Phase::kDecompose, static_cast<int64_t>(targets.size()),
+                          static_cast<int64_t>(targets.size()), Since(start),
+                          absl::StrFormat("%s adapters for %d modules (%s)", peft::MethodName(options.method),
+                                          targets.size(), plan.Describe())));
   return linears;
 }
 

@@ -3,14 +3,22 @@
 // (peft::InitializeAdapter), saved once per job so a resumed job continues from the very same
 // decomposition.
 //
-// Contract:
-//  - Calibrate runs Observe on packed batches of at most batch_tokens tokens (whole samples, in
-//    order) and returns the finished set (tensors on the backend's device). With a cache path, a
-//    file whose key matches is read instead (a note says so); after computing, the set is written
-//    there atomically (a write failure is only a note: the cache is an optimisation).
-//  - Decompose initialises each target from the ORIGINAL weights (damping each CorDA site once,
-//    shared by the linears reading it). The seed of target i is a pure function of (seed, i).
-//    Errors name the module (a rank larger than the layer, a zero singular value, NaN statistics).
+// Both run on a worker group (comm::Communicator; a group of one is the single-process job):
+//  - Calibrate: sample j is observed by rank j % size (whole samples in order, packed into batches
+//    of at most batch_tokens tokens); every rank's partial sums are then reduced to the rank that
+//    owns the site (WorkPlan::site_owner), not all-reduced, and normalised by the group's sample
+//    count there. It returns the covariances of this rank's sites only. The cache is one file per
+//    site under cache_dir, keyed by (model, calibration data, site, accumulation), so a job with
+//    another world size, rank or method reuses whatever sites it owns; every owner reads and writes
+//    its own sites, and the group recomputes when any owner misses. A cache that cannot be written
+//    is a note, not an error. The peak resident memory of every rank is reported (note + event).
+//  - Decompose: each rank initialises the targets it owns (WorkPlan::target_owner) from the
+//    ORIGINAL weights (damping each CorDA site once, shared by the linears reading it); the seed of
+//    target i is a pure function of (seed, i), so the result does not depend on the world size. The
+//    owners then broadcast every target's initialisation in target order, so every rank returns the
+//    full set. Errors name the module (a rank larger than the layer, a zero singular value, NaN
+//    statistics).
+//  - Progress events go to `sink` (pass nullptr on the ranks that do not report).
 //  - The decomposition file (safetensors) holds a, b, d, w_res (not for LoRA, whose W_res is W),
 //    the KaSA tail and the scale per module, and its metadata holds `identity`; reading a file of
 //    another identity or with missing tensors is an error (the caller recomputes).
@@ -28,6 +36,8 @@
 #include "kernels/peft/init.h"
 #include "kernels/peft/method.h"
 #include "kernels/peft/targets.h"
+#include "worker/comm/communicator.h"
+#include "worker/job/work_plan.h"
 #include "worker/train/export.h"
 #include "worker/train/progress.h"
 
@@ -39,18 +49,25 @@ std::string SamplesFingerprint(const std::vector<std::vector<int32_t>>& samples)
 struct CalibrateOptions {
   peft::Accumulation accumulation = peft::Accumulation::kF32;
   int64_t batch_tokens = 4096;
-  std::string cache_path;  // empty: no cache
-  formats::CovarianceFileKey key;
+  std::string cache_dir;  // empty: no cache
+  formats::CovarianceFileKey key;  // key.sites: every site of the job
 };
 
-absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, const std::vector<peft::SiteKey>& sites,
+// The cache file of one site: <cache_dir>/covariance-<content key of (key with that site only)>.safetensors.
+std::string CovarianceCachePath(const std::string& cache_dir, const formats::CovarianceFileKey& key,
+                                const std::string& site_name);
+
+// `plan` must come from PlanWork for this job and comm.size(); `sites` are all the job's sites.
+absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, comm::Communicator& comm,
+                                              const WorkPlan& plan, const std::vector<peft::SiteKey>& sites,
                                               const std::vector<std::vector<int32_t>>& samples,
                                               const CalibrateOptions& options, train::ProgressSink* sink,
                                               std::vector<std::string>* notes);
 
-// Initial adapters of every target (trained a/b/d start as the init's).
-absl::StatusOr<std::vector<train::TrainedLinear>> Decompose(model::ModelBackend& backend,
-                                                            const model::LlamaWeights& weights,
+// Initial adapters of every target (trained a/b/d start as the init's). `covariance` holds (at
+// least) the sites this rank owns; nullptr for methods without covariance.
+absl::StatusOr<std::vector<train::TrainedLinear>> Decompose(model::ModelBackend& backend, comm::Communicator& comm,
+                                                            const WorkPlan& plan, const model::LlamaWeights& weights,
                                                             const peft::AdapterOptions& options,
                                                             const std::vector<peft::TargetModule>& targets,
                                                             const peft::CovarianceSet* covariance, uint64_t seed,

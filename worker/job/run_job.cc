@@ -25,6 +25,7 @@
 #include "worker/job/model_bundle.h"
 #include "worker/job/report.h"
 #include "worker/job/spec.h"
+#include "worker/job/work_plan.h"
 #include "worker/train/optimizer.h"
 #include "worker/train/schedule.h"
 
@@ -218,11 +219,13 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
   ST_RETURN_IF_ERROR(ProblemsToStatus(spec.name(), ValidateJobSpec(spec, FileChecks::kNo)));
   comm::SingleProcessCommunicator single;
   comm::Communicator* comm = options.comm != nullptr ? options.comm : &single;
+  const bool leader = comm->is_leader();
   JobResult result;
   result.output_dir = spec.output_dir();
+  result.world_size = comm->size();
   const std::string out = spec.output_dir();
   ST_RETURN_IF_ERROR(formats::CreateDirectoryDurably(out));
-  ST_RETURN_IF_ERROR(formats::WriteFileAtomically(absl::StrCat(out, "/job.json"), SpecToJson(spec)));
+  if (leader) ST_RETURN_IF_ERROR(formats::WriteFileAtomically(absl::StrCat(out, "/job.json"), SpecToJson(spec)));
 
   // Checkpoints are looked at first: the sinks need to know whether this is a resume.
   checkpoint::CheckpointOptions checkpoint_options;
@@ -234,9 +237,21 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
     for (const std::string& w : latest->warnings) result.notes.push_back(w);
   }
   result.resumed = latest.has_value();
-  ST_ASSIGN_OR_RETURN(std::unique_ptr<train::FanOutSink> sinks,
-                      OpenSinks(spec, options, result.resumed ? train::Resumed::kYes : train::Resumed::kNo,
-                                result.resumed ? latest->step : 0));
+  // Every rank must resume from the same checkpoint (the output directory is shared).
+  std::string agreed = latest.has_value() ? absl::StrCat(latest->step) : "none";
+  ST_RETURN_IF_ERROR(comm->Broadcast(0, &agreed));
+  if (agreed != (latest.has_value() ? absl::StrCat(latest->step) : "none")) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "rank %d sees checkpoint %s in %s but the leader sees %s: the output_dir must be one directory shared by "
+        "every rank (a network file system or one volume)",
+        comm->rank(), latest.has_value() ? absl::StrCat("step ", latest->step) : "none", store.root(), agreed));
+  }
+  // Only the leader reports (terminal, metrics.jsonl, TensorBoard, the caller's sink).
+  std::unique_ptr<train::FanOutSink> sinks = std::make_unique<train::FanOutSink>();
+  if (leader) {
+    ST_ASSIGN_OR_RETURN(sinks, OpenSinks(spec, options, result.resumed ? train::Resumed::kYes : train::Resumed::kNo,
+                                         result.resumed ? latest->step : 0));
+  }
   TolerantSink tolerant(sinks.get(), &result.notes);
   train::ProgressSink* sink = &tolerant;
   for (const std::string& w : result.notes) ST_RETURN_IF_ERROR(Message(sink, train::Phase::kLoad, "warning: " + w));
@@ -254,7 +269,10 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
                              : std::make_unique<model::CpuBackend>();
   ST_RETURN_IF_ERROR(Message(sink, train::Phase::kLoad,
                              absl::StrCat("job ", spec.name(), ": loading ", spec.base_model(), " on the CPU",
-                                          spec.device() == "auto" ? " (the CUDA backend is not written yet)" : "")));
+                                          spec.device() == "auto" ? " (the CUDA backend is not written yet)" : "",
+                                          comm->size() > 1 ? absl::StrCat(", ", comm->size(), " ranks over ",
+                                                                         comm->name())
+                                                           : std::string())));
   ST_ASSIGN_OR_RETURN(ModelBundle bundle, InPhase("load", LoadModelBundle(spec.base_model(), *backend)));
   ST_ASSIGN_OR_RETURN(peft::AdapterOptions adapter_options, AdapterOptionsFromSpec(spec.method()));
   absl::StatusOr<std::vector<peft::TargetModule>> targets_or =
@@ -289,8 +307,8 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
   // --- evaluate before (on the original model; kept for resumes) ---
   phase_start = Clock::now();
   const std::string before_path = absl::StrCat(out, "/eval_before.json");
-  bool have_before = false;
-  if (formats::RegularFileExists(before_path)) {
+  bool have_before = !leader;  // the leader evaluates; the other ranks go on to the next collective
+  if (leader && formats::RegularFileExists(before_path)) {
     absl::StatusOr<std::string> text = formats::ReadFileToString(before_path);
     if (text.ok()) {
       absl::StatusOr<std::vector<train::EvalResult>> parsed = ParseEvalResults(*text, identity);
@@ -313,7 +331,11 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
   // --- calibrate + decompose (or the saved decomposition) ---
   const std::string decomposition_path = absl::StrCat(out, "/decomposition.safetensors");
   std::vector<train::TrainedLinear> linears;
-  if (formats::RegularFileExists(decomposition_path)) {
+  const WorkPlan plan = PlanWork(bundle.config, targets, adapter_options.method, comm->size());
+  // The leader decides whether the saved decomposition is reused; every rank then reads it.
+  std::string reuse = leader && formats::RegularFileExists(decomposition_path) ? "reuse" : "";
+  ST_RETURN_IF_ERROR(comm->Broadcast(0, &reuse));
+  if (!reuse.empty()) {
     absl::StatusOr<std::vector<train::TrainedLinear>> read =
         ReadDecomposition(decomposition_path, identity, bundle.weights, adapter_options, targets, *backend);
     if (read.ok()) {
@@ -323,6 +345,10 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
       result.notes.push_back(absl::StrCat("decomposition not reused (", read.status().message(), ")"));
     }
   }
+  // All ranks recompute if any could not read it.
+  int64_t missing[1] = {linears.empty() ? 1 : 0};
+  ST_RETURN_IF_ERROR(comm->AllReduceSum(absl::MakeSpan(missing, 1)));
+  if (missing[0] > 0) linears.clear();
   if (linears.empty()) {
     std::optional<peft::CovarianceSet> covariance;
     if (peft::NeedsCovariance(adapter_options.method)) {
@@ -341,20 +367,23 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
       calibrate.key.accumulation = spec.calibration().accumulation();
       if (spec.cache_dir() != "none") {
         ST_RETURN_IF_ERROR(formats::CreateDirectoryDurably(spec.cache_dir()));
-        calibrate.cache_path =
-            absl::StrCat(spec.cache_dir(), "/covariance-", calibrate.key.ContentKey(), ".safetensors");
+        calibrate.cache_dir = spec.cache_dir();
       }
       ST_ASSIGN_OR_RETURN(auto original, model::LlamaModel::Create(bundle.config, bundle.weights, backend.get()));
-      ST_ASSIGN_OR_RETURN(covariance, InPhase("calibrate", Calibrate(*original, sites, samples, calibrate, sink,
-                                                                      &result.notes)));
+      ST_ASSIGN_OR_RETURN(covariance, InPhase("calibrate", Calibrate(*original, *comm, plan, sites, samples, calibrate,
+                                                                      sink, &result.notes)));
       result.times.push_back({"calibrate", Since(phase_start)});
     }
     phase_start = Clock::now();
-    ST_ASSIGN_OR_RETURN(linears, InPhase("decompose", Decompose(*backend, bundle.weights, adapter_options, targets,
+    ST_ASSIGN_OR_RETURN(linears, InPhase("decompose", Decompose(*backend, *comm, plan, bundle.weights,
+                                                                adapter_options, targets,
                                                                 covariance ? &*covariance : nullptr,
                                                                 static_cast<uint64_t>(spec.seed()), sink)));
-    const absl::Status saved = WriteDecomposition(decomposition_path, identity, adapter_options, linears, *backend);
-    if (!saved.ok()) return InPhase("decompose", saved);
+    covariance.reset();
+    if (leader) {
+      const absl::Status saved = WriteDecomposition(decomposition_path, identity, adapter_options, linears, *backend);
+      if (!saved.ok()) return InPhase("decompose", saved);
+    }
     result.times.push_back({"decompose", Since(phase_start)});
   }
 
@@ -400,6 +429,13 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
     trainer_options.total_steps = std::max<int64_t>(1, micro / spec.gradient_accumulation_steps());
   }
   result.total_steps = trainer_options.total_steps;
+  if (spec.gradient_accumulation_steps() < comm->size()) {
+    result.notes.push_back(absl::StrFormat(
+        "gradient_accumulation_steps (%d) is below the number of ranks (%d): %d rank(s) idle in every training step; "
+        "the global batch is micro_batch_size x gradient_accumulation_steps whatever the world size",
+        spec.gradient_accumulation_steps(), comm->size(), comm->size() - spec.gradient_accumulation_steps()));
+    ST_RETURN_IF_ERROR(Message(sink, train::Phase::kTrain, "warning: " + result.notes.back()));
+  }
   trainer_options.accumulation = spec.gradient_accumulation_steps();
   trainer_options.adamw.lr = spec.optimizer().learning_rate();
   trainer_options.adamw.beta1 = spec.optimizer().beta1();
@@ -451,6 +487,13 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
                                absl::StrFormat("stopped at step %d of %d; run the same job again to resume",
                                                result.train.steps_done, trainer_options.total_steps)));
     ST_RETURN_IF_ERROR(sink->Flush());
+    return result;
+  }
+
+  // The leader evaluates, exports and reports; the others wait for it so the group's exit status
+  // is the whole job's.
+  if (!leader) {
+    ST_RETURN_IF_ERROR(comm->Barrier());
     return result;
   }
 
@@ -506,6 +549,7 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
   ST_RETURN_IF_ERROR(WriteReport(spec, result, identity, &result.report_text));
   ST_RETURN_IF_ERROR(Message(sink, train::Phase::kDone, absl::StrCat("report: ", out, "/report.json")));
   ST_RETURN_IF_ERROR(sink->Flush());
+  ST_RETURN_IF_ERROR(comm->Barrier());
   return result;
 }
 

@@ -1,4 +1,4 @@
-// One fine-tuning job end to end on one worker group (world size 1 for now):
+// One fine-tuning job end to end on one worker group (options.comm; a group of one by default):
 //   load -> evaluate (before) -> calibrate (CorDA) -> decompose -> train -> evaluate (after) -> export
 // writing into spec.output_dir:
 //   job.json                  the spec as run (defaults filled in)
@@ -22,6 +22,15 @@
 //    rank too large for a module, targets the model lacks, an empty dataset, a diverged loss —
 //    after which the newest checkpoint is still the last good one).
 //  - Stopping early (options.stop / stop_after_step) checkpoints and returns stopped_early.
+//  - A group: every rank calls RunJob with the same spec and its own communicator; output_dir (and
+//    cache_dir) must be one directory every rank sees. Every rank loads the model and data; the
+//    calibration samples and each step's micro-batches are split across the ranks, each layer is
+//    decomposed by the rank that owns it (worker/job/work_plan.h) and broadcast, training is
+//    data-parallel with a sharded optimizer (worker/train/trainer.h). Only the leader (rank 0)
+//    reports progress, evaluates, exports and writes the report; the others return after the final
+//    barrier with `train` filled in. The result does not depend on the world size beyond
+//    floating-point reduction order. A rank's error must end the group (Communicator::Abort), or
+//    its peers fail at their next collective after the timeout.
 #ifndef SIGMATUNE_WORKER_JOB_RUN_JOB_H_
 #define SIGMATUNE_WORKER_JOB_RUN_JOB_H_
 
@@ -57,6 +66,7 @@ struct PhaseTime {
 
 struct JobResult {
   std::string output_dir;
+  int world_size = 1;
   std::string device;
   bool resumed = false;
   bool stopped_early = false;
