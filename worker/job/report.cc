@@ -94,8 +94,9 @@ absl::StatusOr<std::vector<train::EvalResult>> ParseEvalResults(const std::strin
 }
 
 std::string ReportTable(const v1::JobSpec& spec, const JobResult& result) {
-  std::string text = absl::StrFormat("job %s: %s rank %d on %s (%s)\n", spec.name(), spec.method().type(),
-                                     spec.method().rank(), spec.base_model(), result.device);
+  std::string text = absl::StrFormat("job %s: %s rank %d on %s (%s%s)\n", spec.name(), spec.method().type(),
+                                     spec.method().rank(), spec.base_model(), result.device,
+                                     result.world_size > 1 ? absl::StrFormat(", %d ranks", result.world_size) : "");
   text += absl::StrFormat("train: %d steps, final loss %.4f, %.0f tokens/s\n", result.train.steps_done,
                           result.train.last_loss, result.train.tokens_per_second);
   if (!result.after.empty()) {
@@ -128,6 +129,7 @@ absl::Status WriteReport(const v1::JobSpec& spec, const JobResult& result, const
   j["rank"] = spec.method().rank();
   j["base_model"] = spec.base_model();
   j["device"] = result.device;
+  j["world_size"] = result.world_size;
   j["identity"] = identity;
   j["resumed"] = result.resumed;
   j["train"] = {{"steps", result.train.steps_done},
