@@ -7,8 +7,10 @@
 // Under a launcher (--comm=auto sees its environment) MPI is initialised and the ranks, local ranks
 // and hosts come from MPI itself; each rank logs one line naming its rank, host and pid. A rank that
 // fails prints its error (prefixed with its rank) and aborts the group, so mpirun ends the others
-// at once and names the rank; a peer that dies makes the others fail within --comm_timeout_s (or
-// be ended by mpirun first).
+// at once. When the failure is the group's verdict (a checkpoint shard of rank R could not be
+// written), every rank's message names R, while Open MPI's "MPI_ABORT was invoked on rank N" names
+// whichever rank aborted first. A peer that dies is named by mpirun ("process rank R ... exited on
+// signal 9"); one that hangs makes the others fail within --comm_timeout_s.
 // Progress goes to stderr (a redrawn line on a terminal, plain lines otherwise), the report table
 // to stdout. SIGINT/SIGTERM stop training after the current step with a checkpoint (run the same
 // command again to resume). Exit status: 0 done; 2 the spec or the data is wrong (nothing ran or
