@@ -1,5 +1,7 @@
 #include "worker/comm/mpi_communicator.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <climits>
 #include <cstdio>
@@ -22,8 +24,13 @@ constexpr int64_t kDefaultMaxChunkBytes = int64_t{1} << 30;
 // The one tag of point-to-point messages: a message is its length word then its chunks, and MPI
 // keeps messages of one (source, tag, communicator) in order.
 constexpr int kMessageTag = 1;
-// Wait() spins this long before it starts sleeping, then sleeps from kFirstNap up to kLongestNap.
-constexpr absl::Duration kSpin = absl::Microseconds(200);
+// Wait() spins (MPI_Test, then sched_yield) this long before it starts sleeping, then sleeps from
+// kFirstNap up to kLongestNap. Open MPI progresses a non-blocking operation only inside MPI_Test,
+// so a large reduction makes one fragment of progress per test: napping from the start made the
+// covariance reductions of SmolLM2 (~400 MB) take 100 s instead of 1 s (bench/scaling_bench.py).
+// Peers that are present finish well within the spin; naps only save CPU while a peer is busy
+// elsewhere (the leader evaluating, a slower rank).
+constexpr absl::Duration kSpin = absl::Seconds(5);
 constexpr absl::Duration kFirstNap = absl::Microseconds(50);
 constexpr absl::Duration kLongestNap = absl::Milliseconds(1);
 
@@ -265,7 +272,10 @@ absl::Status MpiCommunicator::Wait(const Call& call, absl::Span<MPI_Request> req
                                                          "; a peer is dead or stuck"));
       break;
     }
-    if (now < spin_until) continue;
+    if (now < spin_until) {
+      sched_yield();
+      continue;
+    }
     absl::SleepFor(std::min(nap, call.deadline - now));
     nap = std::min(nap * 2, kLongestNap);
   }
@@ -291,12 +301,18 @@ absl::Status MpiCommunicator::AllReduceImpl(const char* op, absl::Span<T> values
   const int64_t chunk = ChunkElements(sizeof(T));
   for (int64_t begin = 0; begin < total; begin += chunk) {
     const int count = static_cast<int>(std::min(chunk, total - begin));
-    MPI_Request request = MPI_REQUEST_NULL;
+    if (begin == 0) ST_RETURN_IF_ERROR(Arrive(call));
     ST_RETURN_IF_ERROR(
-        Post(call, MPI_Iallreduce(MPI_IN_PLACE, values.data() + begin, count, MpiType<T>(), MPI_SUM, comm_, &request)));
-    ST_RETURN_IF_ERROR(Wait(call, absl::MakeSpan(&request, 1)));
+        Post(call, MPI_Allreduce(MPI_IN_PLACE, values.data() + begin, count, MpiType<T>(), MPI_SUM, comm_)));
   }
   return absl::OkStatus();
+}
+
+absl::Status MpiCommunicator::Arrive(const Call& call) {
+  if (size_ == 1) return absl::OkStatus();
+  MPI_Request request = MPI_REQUEST_NULL;
+  ST_RETURN_IF_ERROR(Post(call, MPI_Ibarrier(comm_, &request)));
+  return Wait(call, absl::MakeSpan(&request, 1));
 }
 
 template <typename T>
@@ -309,13 +325,11 @@ absl::Status MpiCommunicator::ReduceImpl(const char* op, int root, absl::Span<T>
   for (int64_t begin = 0; begin < total; begin += chunk) {
     const int count = static_cast<int>(std::min(chunk, total - begin));
     T* const data = values.data() + begin;
-    MPI_Request request = MPI_REQUEST_NULL;
+    if (begin == 0) ST_RETURN_IF_ERROR(Arrive(call));
     // The root sums into its buffer; the others' buffers are only read.
-    const int rc = rank_ == root
-                       ? MPI_Ireduce(MPI_IN_PLACE, data, count, MpiType<T>(), MPI_SUM, root, comm_, &request)
-                       : MPI_Ireduce(data, nullptr, count, MpiType<T>(), MPI_SUM, root, comm_, &request);
+    const int rc = rank_ == root ? MPI_Reduce(MPI_IN_PLACE, data, count, MpiType<T>(), MPI_SUM, root, comm_)
+                                 : MPI_Reduce(data, nullptr, count, MpiType<T>(), MPI_SUM, root, comm_);
     ST_RETURN_IF_ERROR(Post(call, rc));
-    ST_RETURN_IF_ERROR(Wait(call, absl::MakeSpan(&request, 1)));
   }
   return absl::OkStatus();
 }
