@@ -52,10 +52,10 @@ class LocalGroup::Rank final : public Communicator {
     return ReduceScatter("ReduceScatterSum<f64>", in, out);
   }
   absl::Status AllGather(absl::Span<const float> in, absl::Span<float> out) override {
-    return Gather_("AllGather<f32>", in, out);
+    return AllGatherImpl("AllGather<f32>", in, out);
   }
   absl::Status AllGather(absl::Span<const double> in, absl::Span<double> out) override {
-    return Gather_("AllGather<f64>", in, out);
+    return AllGatherImpl("AllGather<f64>", in, out);
   }
 
   absl::Status Broadcast(int root, std::string* bytes) override {
@@ -209,7 +209,7 @@ class LocalGroup::Rank final : public Communicator {
                       [&](const std::vector<std::string>& all) { SumInto(all, part.begin, out); });
   }
   template <typename T>
-  absl::Status Gather_(const char* op, absl::Span<const T> in, absl::Span<T> out) {
+  absl::Status AllGatherImpl(const char* op, absl::Span<const T> in, absl::Span<T> out) {
     const ShardRange part = ShardOf(static_cast<int64_t>(out.size()), size(), rank_);
     ST_CHECK(static_cast<int64_t>(in.size()) == part.size()) << op << ": input is not this rank's part";
     return Collective(absl::StrCat(op, "[", out.size(), "]"), Bytes(in), [&](const std::vector<std::string>& all) {

@@ -11,7 +11,11 @@
 //    StartedByMpiLauncher() whether a launcher is present.
 //  - Every call honours CommOptions::timeout: it posts non-blocking MPI operations and polls them
 //    until they complete or the deadline passes (DeadlineExceeded "rank R (host H): <Op>
-//    (collective #N) did not complete within <timeout>; a peer is dead or stuck"). MPI errors are
+//    (collective #N) did not complete within <timeout>; a peer is dead or stuck"). AllReduceSum
+//    and ReduceSum poll only the arrival of every rank (an MPI_Ibarrier) and then reduce with
+//    blocking MPI calls, Open MPI's tuned algorithms (non-blocking reductions progress only inside
+//    MPI_Test and were several times slower on large matrices); a peer that dies during that
+//    transfer is ended by the launcher. MPI errors are
 //    returned (MPI_ERRORS_RETURN) as Unavailable with MPI's error text. After the first failure the
 //    communicator is broken (FailedPrecondition repeating the first error), and MPI may still
 //    write into the failed call's buffers until the process ends.

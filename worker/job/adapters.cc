@@ -98,16 +98,17 @@ absl::Status ReportPeakMemory(comm::Communicator& comm, const std::string& phase
   return Emit(sink, train::Phase::kCalibrate, 0, 0, 0, message);
 }
 
-// One target's initialisation as bytes (the broadcast from its owner) and back.
-// W_res travels only for the methods that change the base (LoRA's is W, which every rank has).
-absl::StatusOr<std::string> SerializeInit(model::ModelBackend& backend, peft::Method method,
-                                          const peft::AdapterInit& init) {
+// The tensors of an init by name: what the broadcast of a module carries.
+std::vector<std::pair<const char*, Tensor*>> InitTensors(peft::AdapterInit& init) {
+  return {{"a", &init.a},           {"b", &init.b},           {"d", &init.d},          {"w_res", &init.w_res},
+          {"tail_u", &init.tail_u}, {"tail_s", &init.tail_s}, {"tail_vt", &init.tail_vt}};
+}
+
+// One target's initialisation as bytes (the broadcast from its owner) and back. W_res travels only
+// for the methods that change the base (LoRA's is W, which every rank has).
+absl::StatusOr<std::string> SerializeInit(model::ModelBackend& backend, peft::Method method, peft::AdapterInit& init) {
   std::map<std::string, Tensor> tensors;
-  const std::pair<const char*, const Tensor*> fields[] = {{"a", &init.a},         {"b", &init.b},
-                                                          {"d", &init.d},         {"w_res", &init.w_res},
-                                                          {"tail_u", &init.tail_u}, {"tail_s", &init.tail_s},
-                                                          {"tail_vt", &init.tail_vt}};
-  for (const auto& [name, t] : fields) {
+  for (const auto& [name, t] : InitTensors(init)) {
     if (!t->defined() || (t == &init.w_res && !peft::ChangesBase(method))) continue;
     ST_ASSIGN_OR_RETURN(tensors[name], backend.Download(*t));
   }
@@ -123,16 +124,19 @@ absl::StatusOr<peft::AdapterInit> ParseInit(model::ModelBackend& backend, const 
   if (scale == reader.metadata().end() || !absl::SimpleAtod(scale->second, &init.scale)) {
     return absl::DataLossError(absl::StrCat("the broadcast init of ", module, " has no scale"));
   }
-  const std::pair<const char*, Tensor*> fields[] = {{"a", &init.a},         {"b", &init.b},
-                                                    {"d", &init.d},         {"w_res", &init.w_res},
-                                                    {"tail_u", &init.tail_u}, {"tail_s", &init.tail_s},
-                                                    {"tail_vt", &init.tail_vt}};
-  for (const auto& [name, t] : fields) {
+  for (const auto& [name, t] : InitTensors(init)) {
     if (!reader.Contains(name)) continue;
     ST_ASSIGN_OR_RETURN(Tensor view, reader.GetTensor(name));
     ST_ASSIGN_OR_RETURN(*t, backend.Upload(OwnedCopy(view)));
   }
   return init;
+}
+
+// The cache key of one site: the job's key restricted to it.
+formats::CovarianceFileKey SiteKeyOf(const formats::CovarianceFileKey& key, const std::string& site_name) {
+  formats::CovarianceFileKey one = key;
+  one.sites = {site_name};
+  return one;
 }
 
 }  // namespace
@@ -150,9 +154,7 @@ std::string SamplesFingerprint(const std::vector<std::vector<int32_t>>& samples)
 
 std::string CovarianceCachePath(const std::string& cache_dir, const formats::CovarianceFileKey& key,
                                 const std::string& site_name) {
-  formats::CovarianceFileKey one = key;
-  one.sites = {site_name};
-  return absl::StrCat(cache_dir, "/covariance-", one.ContentKey(), ".safetensors");
+  return absl::StrCat(cache_dir, "/covariance-", SiteKeyOf(key, site_name).ContentKey(), ".safetensors");
 }
 
 absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, comm::Communicator& comm,
@@ -176,12 +178,10 @@ absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, comm::Co
   if (!options.cache_dir.empty()) {
     for (const peft::SiteKey& site : mine) {
       const std::string name = peft::SiteTensorName(site);
-      formats::CovarianceFileKey key = options.key;
-      key.sites = {name};
-      const std::string path = CovarianceCachePath(options.cache_dir, options.key, name);
-      absl::StatusOr<formats::CovarianceFile> file = formats::ReadCovarianceFile(path, key);
-      if (!file.ok() || file->covariance.count(name) == 0) {
-        if (!file.ok() && !absl::IsNotFound(file.status())) {
+      absl::StatusOr<formats::CovarianceFile> file = formats::ReadCovarianceFile(
+          CovarianceCachePath(options.cache_dir, options.key, name), SiteKeyOf(options.key, name));
+      if (!file.ok()) {
+        if (!absl::IsNotFound(file.status())) {
           notes->push_back(absl::StrCat("calibration: cache not used (", file.status().message(), ")"));
         }
         ++misses[0];
@@ -258,8 +258,7 @@ absl::StatusOr<peft::CovarianceSet> Calibrate(model::LlamaModel& model, comm::Co
     for (const auto& [site, tensor] : set.covariance) {
       const std::string name = peft::SiteTensorName(site);
       formats::CovarianceFile file;
-      file.key = options.key;
-      file.key.sites = {name};
+      file.key = SiteKeyOf(options.key, name);
       file.samples = set.samples;
       file.tokens = set.tokens;
       ST_ASSIGN_OR_RETURN(file.covariance[name], backend.Download(tensor));
@@ -345,7 +344,7 @@ absl::StatusOr<std::vector<train::TrainedLinear>> Decompose(model::ModelBackend&
     ST_ASSIGN_OR_RETURN(peft::AdapterInit init,
                         peft::InitializeAdapter(backend, options, name, wc, c, TargetSeed(seed, i)));
     if (compute != w.dtype()) {
-      for (Tensor* t : {&init.a, &init.b, &init.d, &init.w_res, &init.tail_u, &init.tail_s, &init.tail_vt}) {
+      for (const auto& [unused, t] : InitTensors(init)) {
         ST_ASSIGN_OR_RETURN(*t, CastTo(backend, *t, w.dtype()));
       }
     }
