@@ -24,6 +24,7 @@ _LIBRARIES = {
         "absl_raw_hash_set",
     ], "libabsl-dev"),
     "benchmark": (["benchmark"], "libbenchmark-dev"),
+    "crypto": (["libcrypto"], "libssl-dev"),
     "gmock": (["gmock"], "libgmock-dev"),
     "grpc++": (["grpc++"], "libgrpc++-dev"),
     "gtest": (["gtest"], "libgtest-dev"),
@@ -35,6 +36,16 @@ _LIBRARIES = {
     "protobuf": (["protobuf"], "libprotobuf-dev"),
     "sqlite3": (["sqlite3"], "libsqlite3-dev"),
     "yaml_cpp": (["yaml-cpp"], "libyaml-cpp-dev"),
+}
+
+# Libraries without a pkg-config module: Bazel target name -> (linker flags, a file that must exist,
+# Debian package).
+_LINK_ONLY = {
+    "grpc++_reflection": (
+        ["-lgrpc++_reflection"],
+        "/usr/include/grpcpp/ext/proto_server_reflection_plugin.h",
+        "libgrpc++-dev",
+    ),
 }
 
 _TOOLS = {
@@ -89,6 +100,15 @@ def _system_libraries_impl(ctx):
             build.append("    includes = %s," % repr(includes))
         build.append("    defines = %s," % repr(defines))
         build.append("    copts = %s," % repr(copts))
+        build.append("    linkopts = %s," % repr(libs))
+        build.append(")")
+        build.append("")
+
+    for name, (libs, witness, debian_package) in sorted(_LINK_ONLY.items()):
+        if not ctx.path(witness).exists:
+            fail("sigmatune: %s is missing (Debian package %s). %s" % (witness, debian_package, _SETUP_HINT))
+        build.append("cc_library(")
+        build.append('    name = "%s",' % name)
         build.append("    linkopts = %s," % repr(libs))
         build.append(")")
         build.append("")

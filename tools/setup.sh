@@ -13,6 +13,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   libopenblas-dev liblapacke-dev
   libsqlite3-dev libyaml-cpp-dev nlohmann-json3-dev
+  libssl-dev openssl        # SHA-256 of tenant tokens; test certificates for TLS
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 

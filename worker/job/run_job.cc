@@ -69,6 +69,7 @@ std::string JobIdentity(const v1::JobSpec& spec, const std::string& model_finger
   copy.clear_export_merged();
   copy.clear_device();
   copy.clear_num_threads();
+  copy.clear_world_size();
   Fingerprint fp;
   fp.UpdateField("sigmatune job identity 1");
   fp.UpdateField(model_fingerprint);

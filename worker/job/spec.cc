@@ -271,6 +271,7 @@ void CheckOptimization(Checker& check, const v1::JobSpec& spec) {
   constexpr absl::string_view kDevices[] = {"auto", "cpu", "cuda"};
   check.OneOf("device", spec.device(), kDevices);
   check.AtLeast("num_threads", spec.num_threads(), 0);
+  check.AtLeast("world_size", spec.world_size(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
