@@ -356,7 +356,30 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const Tenant& tenant,
       response.set_next_page_token(absl::StrCat(jobs_.at(response.jobs(page_size - 1).name())->create_seq));
       break;
     }
-    *response.add_jobs() = entry.job;
+    v1::Job* job = response.add_jobs();
+    if (request.view() == v1::JOB_VIEW_FULL) {
+      *job = entry.job;
+    } else {
+      // Field by field, so the spec is never copied.
+      const v1::Job& from = entry.job;
+      job->set_name(from.name());
+      job->set_tenant(from.tenant());
+      job->set_request_id(from.request_id());
+      job->set_state(from.state());
+      job->set_priority(from.priority());
+      if (from.has_progress()) *job->mutable_progress() = from.progress();
+      job->set_reason(from.reason());
+      job->set_cancel_requested(from.cancel_requested());
+      *job->mutable_metrics() = from.metrics();
+      if (from.has_artifacts()) *job->mutable_artifacts() = from.artifacts();
+      job->set_group(from.group());
+      job->set_attempt(from.attempt());
+      job->set_restarts_left(from.restarts_left());
+      if (from.has_create_time()) *job->mutable_create_time() = from.create_time();
+      if (from.has_start_time()) *job->mutable_start_time() = from.start_time();
+      if (from.has_end_time()) *job->mutable_end_time() = from.end_time();
+      if (from.has_update_time()) *job->mutable_update_time() = from.update_time();
+    }
   }
   return response;
 }

@@ -206,6 +206,11 @@ TEST_F(CoordinatorTest, ListPagesNewestFirstAndFilters) {
   auto page = coordinator_->ListJobs(acme_, cancelled);
   ASSERT_EQ(page->jobs_size(), 1);
   EXPECT_EQ(page->jobs(0).name(), names[1]);
+  EXPECT_FALSE(page->jobs(0).has_spec());  // JOB_VIEW_BASIC
+  EXPECT_EQ(page->jobs(0).state(), v1::JOB_STATE_CANCELLED);
+  cancelled.set_view(v1::JOB_VIEW_FULL);
+  EXPECT_EQ(coordinator_->ListJobs(acme_, cancelled)->jobs(0).spec().base_model(),
+            (root_ / "models" / "tiny-llama").string());
   v1::ListJobsRequest bad;
   bad.set_page_token("zzz");
   EXPECT_TRUE(absl::IsInvalidArgument(coordinator_->ListJobs(acme_, bad).status()));
