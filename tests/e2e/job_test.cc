@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -197,6 +198,46 @@ TEST_F(JobTest, ResumeAfterAStopIsBitIdentical) {
               ReadFile((fs::path(interrupted.output_dir()) / file).string()))
         << file;
   }
+}
+
+// Raises a stop flag at the first event of one phase, as a cancel arriving during that phase would.
+class StopInPhase final : public train::ProgressSink {
+ public:
+  StopInPhase(train::Phase phase, std::atomic<bool>* stop) : phase_(phase), stop_(stop) {}
+  absl::Status OnEvent(const train::ProgressEvent& event) override {
+    if (event.phase == phase_) stop_->store(true);
+    return absl::OkStatus();
+  }
+
+ private:
+  train::Phase phase_;
+  std::atomic<bool>* stop_;
+};
+
+TEST_F(JobTest, StopDuringCalibrationStopsAtThePhaseBoundary) {
+  const v1::JobSpec spec = Spec("corda_kpm", "stop_calibrate");
+  std::atomic<bool> stop{false};
+  StopInPhase stopper(train::Phase::kCalibrate, &stop);
+  RunOptions options;
+  options.terminal = TerminalOutput::kOff;
+  options.stop = &stop;
+  options.extra_sink = &stopper;
+  absl::StatusOr<JobResult> first = RunJob(spec, options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->stopped_early);
+  EXPECT_EQ(first->train.steps_done, 0);
+  const fs::path out = spec.output_dir();
+  EXPECT_TRUE(fs::exists(out / "eval_before.json"));
+  EXPECT_FALSE(fs::exists(out / "decomposition.safetensors"));  // decompose never started
+  EXPECT_FALSE(fs::exists(out / "checkpoints/latest"));
+  // Run again: the covariances come from the cache the stopped run wrote.
+  absl::StatusOr<JobResult> second = Run(spec);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->stopped_early);
+  EXPECT_EQ(second->train.steps_done, 6);
+  bool reused = false;
+  for (const std::string& note : second->notes) reused |= absl::StrContains(note, "reused the covariance cache");
+  EXPECT_TRUE(reused);
 }
 
 TEST_F(JobTest, CorruptNewestCheckpointFallsBackWithAWarning) {

@@ -214,6 +214,14 @@ class TolerantSink final : public train::ProgressSink {
   bool warned_ = false;
 };
 
+// Between phases the ranks take the stop decision together (training takes it after every step):
+// true when any rank's stop flag is set. Every rank calls it at the same point (a collective).
+absl::StatusOr<bool> AnyRankStopped(comm::Communicator& comm, const std::atomic<bool>* stop) {
+  int64_t flag[1] = {stop != nullptr && stop->load() ? 1 : 0};
+  ST_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(flag, 1)));
+  return flag[0] > 0;
+}
+
 }  // namespace
 
 absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& options) {
@@ -256,6 +264,22 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
   TolerantSink tolerant(sinks.get(), &result.notes);
   train::ProgressSink* sink = &tolerant;
   for (const std::string& w : result.notes) ST_RETURN_IF_ERROR(Message(sink, train::Phase::kLoad, "warning: " + w));
+  // A stop between phases returns what is done: every phase's output is written atomically, so
+  // nothing is half-written and the newest checkpoint (if any) stays the one to resume from.
+  const int64_t resume_step = latest.has_value() ? latest->step : 0;
+  auto stopped_after = [&](train::Phase phase, absl::string_view what) -> absl::StatusOr<bool> {
+    ST_ASSIGN_OR_RETURN(const bool stop, AnyRankStopped(*comm, options.stop));
+    if (!stop) return false;
+    result.stopped_early = true;
+    result.train.start_step = resume_step;
+    result.train.steps_done = resume_step;
+    result.train.last_checkpoint_step = latest.has_value() ? latest->step : -1;
+    ST_RETURN_IF_ERROR(
+        Message(sink, phase, absl::StrCat("stopped after ", what, "; run the same job again to resume")));
+    ST_RETURN_IF_ERROR(sink->Flush());
+    return true;
+  };
+  bool stop_now = false;
 
   // --- load ---
   auto phase_start = Clock::now();
@@ -303,6 +327,8 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
                       peft::MethodName(adapter_options.method), adapter_options.rank, targets.size(),
                       train_data.samples.size(), train_data.tokens, train_data.trained_tokens)));
   result.times.push_back({"load", Since(phase_start)});
+  ST_ASSIGN_OR_RETURN(stop_now, stopped_after(train::Phase::kLoad, "load"));
+  if (stop_now) return result;
   const int64_t batch_tokens = spec.micro_batch_size() * spec.sequence_len();
 
   // --- evaluate before (on the original model; kept for resumes) ---
@@ -328,6 +354,8 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
     ST_RETURN_IF_ERROR(formats::WriteFileAtomically(before_path, EvalResultsToJson(result.before, identity)));
   }
   result.times.push_back({"evaluate_before", Since(phase_start)});
+  ST_ASSIGN_OR_RETURN(stop_now, stopped_after(train::Phase::kEvaluate, "evaluate (before)"));
+  if (stop_now) return result;
 
   // --- calibrate + decompose (or the saved decomposition) ---
   const std::string decomposition_path = absl::StrCat(out, "/decomposition.safetensors");
@@ -374,6 +402,8 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
       ST_ASSIGN_OR_RETURN(covariance, InPhase("calibrate", Calibrate(*original, *comm, plan, sites, samples, calibrate,
                                                                       sink, &result.notes)));
       result.times.push_back({"calibrate", Since(phase_start)});
+      ST_ASSIGN_OR_RETURN(stop_now, stopped_after(train::Phase::kCalibrate, "calibrate"));
+      if (stop_now) return result;
     }
     phase_start = Clock::now();
     ST_ASSIGN_OR_RETURN(linears, InPhase("decompose", Decompose(*backend, *comm, plan, bundle.weights,
@@ -386,6 +416,8 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
       if (!saved.ok()) return InPhase("decompose", saved);
     }
     result.times.push_back({"decompose", Since(phase_start)});
+    ST_ASSIGN_OR_RETURN(stop_now, stopped_after(train::Phase::kDecompose, "decompose"));
+    if (stop_now) return result;
   }
 
   // --- train ---

@@ -21,7 +21,10 @@
 //  - Errors name the phase and what to change (a missing file, a format error with its line, a
 //    rank too large for a module, targets the model lacks, an empty dataset, a diverged loss —
 //    after which the newest checkpoint is still the last good one).
-//  - Stopping early (options.stop / stop_after_step) checkpoints and returns stopped_early.
+//  - Stopping early (options.stop / stop_after_step) checkpoints and returns stopped_early. The stop
+//    flag is looked at collectively after every training step and at every phase boundary before
+//    training (after load, evaluate-before, calibrate, decompose): a stop before training returns
+//    with nothing half-written and no checkpoint.
 //  - A group: every rank calls RunJob with the same spec and its own communicator; output_dir (and
 //    cache_dir) must be one directory every rank sees. Every rank loads the model and data; the
 //    calibration samples and each step's micro-batches are split across the ranks, each layer is
