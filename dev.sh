@@ -4,6 +4,9 @@
 #   ./dev.sh test [targets]   setup, then build everything and run the tests (default //...)
 #   ./dev.sh build [targets]  setup, then build
 #   ./dev.sh bench [filter]   run the CPU benchmarks (bench/README.md)
+#   ./dev.sh demo [N]         setup, build, then the service end to end: a local coordinator with a
+#                             worker group of N ranks (default 2) runs the SmolLM2-135M CorDA example
+#                             (the tiny model when SmolLM2 cannot be fetched), with progress and report
 #   ./dev.sh job spec.yaml    setup, build the worker and run one fine-tuning job standalone
 #                             (examples/*.yaml; the SmolLM2 specs fetch the model first)
 set -euo pipefail
@@ -56,6 +59,17 @@ case "$command" in
   bench)
     tools/setup.sh
     bazel run //bench:cpu_bench -- --benchmark_filter="${1:-.}"
+    ;;
+  demo)
+    ranks="${1:-2}"
+    tools/setup.sh
+    spec=examples/smollm2-corda-kpm.yaml
+    if ! tools/get_smollm2.sh; then
+      echo "dev: SmolLM2 could not be fetched (no network?); the demo uses the bundled tiny model" >&2
+      spec=examples/tiny-corda-kpm.yaml
+    fi
+    bazel build //server:sigmatune-coordinator //worker:sigmatune-worker //client:sigmatune
+    exec bazel-bin/client/sigmatune run "$spec" --local_workers="$ranks"
     ;;
   job)
     [[ $# -ge 1 ]] || { echo "usage: ./dev.sh job spec.yaml" >&2; exit 2; }
