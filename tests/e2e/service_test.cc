@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
@@ -111,7 +112,8 @@ class ServiceTest : public ::testing::Test {
   }
 
   // Starts the coordinator (port 0 first, then the same port again after a restart).
-  Launched* StartCoordinator(const std::string& log, int local_workers = 0) {
+  Launched* StartCoordinator(const std::string& log, int local_workers = 0,
+                             const std::vector<std::string>& extra_args = {}) {
     fs::remove(dir_ / "port");
     std::vector<std::string> argv = {Binary("server/sigmatune-coordinator"),
                                      absl::StrCat("--listen=127.0.0.1:", port_),
@@ -127,13 +129,14 @@ class ServiceTest : public ::testing::Test {
       argv.push_back(absl::StrCat("--worker_binary=", Binary("worker/sigmatune-worker")));
       argv.push_back(absl::StrCat("--worker_log=", (dir_ / "workers.log").string()));
     }
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
     Launched* coordinator = Spawn(argv, log);
     for (int i = 0; i < 300 && !fs::exists(dir_ / "port"); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     EXPECT_TRUE(fs::exists(dir_ / "port")) << ReadFile(dir_ / log);
     port_ = std::stoi(ReadFile(dir_ / "port"));
-    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), credentials_);
     stub_ = v1::JobService::NewStub(channel_);
     return coordinator;
   }
@@ -151,10 +154,11 @@ class ServiceTest : public ::testing::Test {
     int code = -1;
     std::string output;
   };
-  CliResult Cli(const std::vector<std::string>& args, const std::string& token, double seconds = 60) {
+  CliResult Cli(const std::vector<std::string>& args, const std::string& token, double seconds = 60,
+                const std::string& host = "127.0.0.1") {
     static int calls = 0;
     const std::string log = absl::StrCat("cli-", ++calls, ".log");
-    std::vector<std::string> argv = {Binary("client/sigmatune"), absl::StrCat("--server=127.0.0.1:", port_)};
+    std::vector<std::string> argv = {Binary("client/sigmatune"), absl::StrCat("--server=", host, ":", port_)};
     argv.insert(argv.end(), args.begin(), args.end());
     Launched* cli = Spawn(argv, log, {absl::StrCat("SIGMATUNE_TOKEN=", token)});
     CliResult result;
@@ -231,6 +235,7 @@ class ServiceTest : public ::testing::Test {
   std::string tmpdir_;
   std::string acme_, globex_, worker_;
   int port_ = 0;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_ = grpc::InsecureChannelCredentials();
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::JobService::Stub> stub_;
   std::vector<std::unique_ptr<Launched>> processes_;
@@ -355,6 +360,45 @@ TEST_F(ServiceTest, CancelErrorsTenantsAndPathEscapes) {
   // Nothing of the refused submissions was queued: the one job is all acme has.
   CliResult list = Cli({"list"}, acme_);
   EXPECT_EQ(std::count(list.output.begin(), list.output.end(), '\n'), 2) << list.output;
+}
+
+TEST_F(ServiceTest, TlsWithCertificateFilesAndHealthWithoutAToken) {
+  const std::string openssl = e2e::FindOnPath("openssl");
+  if (openssl.empty()) GTEST_SKIP() << "openssl is not on PATH (tools/setup.sh installs it)";
+  Launched* make_cert = Spawn({openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                               "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout",
+                               (dir_ / "key.pem").string(), "-out", (dir_ / "cert.pem").string()},
+                              "openssl.log");
+  ASSERT_TRUE(make_cert->Finish(60));
+  ASSERT_EQ(make_cert->exit_code(), 0) << ReadFile(dir_ / "openssl.log");
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadFile(dir_ / "cert.pem");
+  credentials_ = grpc::SslCredentials(ssl);
+  StartCoordinator("coordinator.log", 0,
+                   {absl::StrCat("--tls_cert=", (dir_ / "cert.pem").string()),
+                    absl::StrCat("--tls_key=", (dir_ / "key.pem").string())});
+  // The health service answers over TLS without a token (what a Kubernetes probe does).
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = health->Check(&context, {}, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  // The CLI trusting the certificate works; without it the TLS handshake fails and it says so.
+  CliResult trusted = Cli({absl::StrCat("--tls_ca=", (dir_ / "cert.pem").string()), "list"}, acme_, 60, "localhost");
+  EXPECT_EQ(trusted.code, 0) << trusted.output;
+  CliResult plain = Cli({"list"}, acme_, 60, "localhost");
+  EXPECT_EQ(plain.code, 4) << plain.output;
+  // A worker group joins over TLS and runs a job.
+  std::vector<std::string> argv = {Binary("worker/sigmatune-worker"), absl::StrCat("--coordinator=localhost:", port_),
+                                   absl::StrCat("--tls_ca=", (dir_ / "cert.pem").string()), "--comm=single"};
+  Spawn(argv, "worker.log", {absl::StrCat("SIGMATUNE_TOKEN=", worker_)});
+  WriteFile(dir_ / "job.yaml", SpecYaml("tls", 20));
+  CliResult submit = Cli({absl::StrCat("--tls_ca=", (dir_ / "cert.pem").string()), "submit",
+                          (dir_ / "job.yaml").string(), "--watch"},
+                         acme_, 120, "localhost");
+  EXPECT_EQ(submit.code, 0) << submit.output << "\n--- worker:\n" << ReadFile(dir_ / "worker.log");
 }
 
 }  // namespace
