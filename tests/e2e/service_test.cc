@@ -26,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
@@ -360,6 +361,30 @@ TEST_F(ServiceTest, CancelErrorsTenantsAndPathEscapes) {
   // Nothing of the refused submissions was queued: the one job is all acme has.
   CliResult list = Cli({"list"}, acme_);
   EXPECT_EQ(std::count(list.output.begin(), list.output.end(), '\n'), 2) << list.output;
+}
+
+TEST_F(ServiceTest, ServesReflection) {
+  StartCoordinator("coordinator.log");
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = reflection->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("*");
+  ASSERT_TRUE(stream->Write(request));
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  std::set<std::string> services;
+  for (const auto& service : response.list_services_response().service()) services.insert(service.name());
+  EXPECT_TRUE(services.count("sigmatune.v1.JobService")) << response.ShortDebugString();
+  EXPECT_TRUE(services.count("sigmatune.v1.WorkerService")) << response.ShortDebugString();
+  // A client can fetch the descriptors (what grpcurl does).
+  request.set_file_containing_symbol("sigmatune.v1.JobService");
+  ASSERT_TRUE(stream->Write(request));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_GT(response.file_descriptor_response().file_descriptor_proto_size(), 0) << response.ShortDebugString();
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 TEST_F(ServiceTest, TlsWithCertificateFilesAndHealthWithoutAToken) {
