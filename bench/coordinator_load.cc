@@ -337,14 +337,15 @@ int Main(int argc, char** argv) {
     grpc::health::v1::HealthCheckResponse response;
     return health[index_of(channel)]->Check(&context, {}, &response).ok();
   });
-  const Stats get = Measure(channels, clients, seconds, [&](int, std::mt19937& rng, const auto& channel) {
+  auto get_call = [&](int, std::mt19937& rng, const std::shared_ptr<grpc::Channel>& channel) {
     grpc::ClientContext context;
     with_token(&context);
     v1::GetJobRequest request;
     request.set_name(names[rng() % names.size()]);
     v1::Job job;
     return stubs[index_of(channel)]->GetJob(&context, request, &job).ok();
-  });
+  };
+  const Stats get = Measure(channels, clients, seconds, get_call);
   const Stats list = Measure(channels, clients, seconds, [&](int, std::mt19937&, const auto& channel) {
     grpc::ClientContext context;
     with_token(&context);
@@ -375,14 +376,7 @@ int Main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::duration<double>(hold / 4));
     samples.push_back(RssKiB(coordinator.pid));
   }
-  const Stats get_while = Measure(channels, clients, seconds / 2, [&](int, std::mt19937& rng, const auto& channel) {
-    grpc::ClientContext context;
-    with_token(&context);
-    v1::GetJobRequest request;
-    request.set_name(names[rng() % names.size()]);
-    v1::Job job;
-    return stubs[index_of(channel)]->GetJob(&context, request, &job).ok();
-  });
+  const Stats get_while = Measure(channels, clients, seconds / 2, get_call);
   std::printf("Watch: %d of %d streams open; coordinator RSS %ld MiB before, %ld MiB opened, then", open.load(),
               watches, rss_before / 1024, rss_open / 1024);
   for (long s : samples) std::printf(" %ld", s / 1024);

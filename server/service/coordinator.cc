@@ -31,6 +31,11 @@ std::string CanonicalName(const std::string& name) {
 
 bool IsActive(v1::JobState state) { return !IsTerminal(state); }
 
+absl::Status UnknownGroup(const std::string& group_id) {
+  return absl::NotFoundError(
+      absl::StrCat("unknown worker group ", group_id, " (the coordinator restarted?); join again"));
+}
+
 void Log(const std::string& line) {
   std::fprintf(stderr, "sigmatune-coordinator: %s\n", line.c_str());
   std::fflush(stderr);
@@ -483,13 +488,10 @@ absl::StatusOr<std::shared_ptr<AssignmentChannel>> Coordinator::AttachStream(con
   auto channel = std::make_shared<AssignmentChannel>();
   {
     absl::MutexLock lock(&mu_);
-    auto it = groups_.find(group_id);
-    if (it == groups_.end()) {
-      return absl::NotFoundError(absl::StrCat("unknown worker group ", group_id, "; join again"));
-    }
-    if (it->second.channel != nullptr) it->second.channel->Close();
-    it->second.channel = channel;
-    it->second.last_contact = options_.clock();
+    Group* group = TouchGroupLocked(group_id);
+    if (group == nullptr) return UnknownGroup(group_id);
+    if (group->channel != nullptr) group->channel->Close();
+    group->channel = channel;
   }
   ScheduleLocked();
   return channel;
@@ -530,13 +532,9 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(const v1::Rep
   absl::MutexLock write(&write_mu_);
   {
     absl::MutexLock lock(&mu_);
-    auto it = groups_.find(request.group_id());
-    if (it == groups_.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("unknown worker group ", request.group_id(), " (the coordinator restarted?); join again"));
-    }
-    it->second.last_contact = options_.clock();
-    if (it->second.job != request.job() || it->second.attempt != request.attempt()) {
+    Group* group = TouchGroupLocked(request.group_id());
+    if (group == nullptr) return UnknownGroup(request.group_id());
+    if (group->job != request.job() || group->attempt != request.attempt()) {
       return absl::FailedPreconditionError(absl::StrCat("group ", request.group_id(), " does not run ", request.job(),
                                                         " attempt ", request.attempt(), " (any more); stop it"));
     }
@@ -563,15 +561,11 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(const v1::Rep
 absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::HeartbeatRequest& request) {
   v1::HeartbeatResponse response;
   absl::MutexLock lock(&mu_);
-  auto it = groups_.find(request.group_id());
-  if (it == groups_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("unknown worker group ", request.group_id(), " (the coordinator restarted?); join again"));
-  }
-  it->second.last_contact = options_.clock();
+  Group* group = TouchGroupLocked(request.group_id());
+  if (group == nullptr) return UnknownGroup(request.group_id());
   if (!request.job().empty()) {
     auto job = jobs_.find(request.job());
-    const bool current = it->second.job == request.job() && it->second.attempt == request.attempt();
+    const bool current = group->job == request.job() && group->attempt == request.attempt();
     response.set_cancel(!current || (job != jobs_.end() && job->second->job.cancel_requested()));
   }
   return response;
@@ -592,6 +586,13 @@ void Coordinator::CheckGroups() {
   }
   for (const auto& [id, why] : silent) LoseGroupLocked(id, why);
   if (!silent.empty()) ScheduleLocked();
+}
+
+Coordinator::Group* Coordinator::TouchGroupLocked(const std::string& group_id) {
+  auto it = groups_.find(group_id);
+  if (it == groups_.end()) return nullptr;
+  it->second.last_contact = options_.clock();
+  return &it->second;
 }
 
 size_t Coordinator::num_groups() const {

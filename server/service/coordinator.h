@@ -163,6 +163,8 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   void LoseGroupLocked(const std::string& group_id, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // The group (its last contact set to now), or null when unknown.
+  Group* TouchGroupLocked(const std::string& group_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<JobEntry> FindVisible(const Tenant& tenant, const std::string& name) const;
   absl::Status ResolveSpec(const Tenant& tenant, const std::string& id, v1::JobSpec* spec) const;
 
