@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "examples/tiny_job.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
 #include "kernels/testing/status.h"
@@ -46,44 +47,13 @@ class JobTest : public ::testing::Test {
 
   // A small tiny-model job: 64 arithmetic samples, 6 steps of 2 micro-batches.
   v1::JobSpec Spec(const std::string& method, const std::string& out_name) {
-    v1::JobSpec spec;
-    spec.set_name(out_name);
-    spec.set_base_model(testing::RunfilePath("examples/models/tiny-llama"));
-    spec.mutable_method()->set_type(method);
-    spec.mutable_method()->set_rank(4);
-    spec.mutable_method()->set_alpha(8);
-    for (const char* m : {"q_proj", "v_proj", "o_proj", "down_proj"}) spec.mutable_method()->add_target_modules(m);
-    if (absl::StartsWith(method, "corda")) {
-      spec.mutable_calibration()->set_path(testing::RunfilePath("examples/data/calibration.jsonl"));
-      spec.mutable_calibration()->set_num_samples(16);
-      spec.mutable_calibration()->set_max_seq_len(128);
-    }
-    v1::DatasetSpec* ds = spec.add_datasets();
-    ds->set_path(testing::RunfilePath("examples/data/arith-train.jsonl"));
-    ds->set_format("chat");
-    ds->set_max_samples(64);
-    v1::EvalSetSpec* task = spec.add_eval_datasets();
-    task->set_name("arith");
-    task->set_path(testing::RunfilePath("examples/data/arith-test.jsonl"));
-    task->set_metric("exact_match");
-    task->set_max_samples(3);
-    task->set_max_new_tokens(8);
-    v1::EvalSetSpec* knowledge = spec.add_eval_datasets();
-    knowledge->set_name("knowledge");
-    knowledge->set_path(testing::RunfilePath("examples/data/knowledge.jsonl"));
-    knowledge->set_role("knowledge");
-    knowledge->set_max_samples(4);
-    spec.mutable_optimizer()->set_learning_rate(5e-3);
-    spec.mutable_lr_scheduler()->set_type("cosine");
-    spec.mutable_lr_scheduler()->set_warmup_steps(1);
+    v1::JobSpec spec = examples::TinyJobSpec(out_name, method, {"q_proj", "v_proj", "o_proj", "down_proj"});
     spec.set_micro_batch_size(4);
     spec.set_gradient_accumulation_steps(2);
     spec.set_max_steps(6);
     spec.set_sequence_len(256);
-    spec.set_sample_packing(true);
     spec.set_save_steps(2);
     spec.set_seed(7);
-    spec.set_num_threads(1);
     spec.set_output_dir((root_ / out_name).string());
     spec.set_cache_dir((root_ / "cache").string());
     ApplyDefaults(out_name, &spec);

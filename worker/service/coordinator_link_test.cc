@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
+#include "examples/tiny_job.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
 #include "sigmatune/v1/worker.grpc.pb.h"
@@ -245,45 +246,22 @@ class CoordinatorLinkTest : public ::testing::Test {
   // A tiny job: `method` rank 4, `steps` steps of 2 micro-batches of 2, a checkpoint every 5 steps;
   // CorDA calibrates on `calibration_samples` samples; evaluation before and after.
   v1::JobSpec Spec(const std::string& method, const std::string& name, int64_t steps, int calibration_samples = 16) {
-    v1::JobSpec spec;
-    spec.set_name(name);
-    spec.set_base_model(testing::RunfilePath("examples/models/tiny-llama"));
-    spec.mutable_method()->set_type(method);
-    spec.mutable_method()->set_rank(4);
-    spec.mutable_method()->set_alpha(8);
-    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"}) {
-      spec.mutable_method()->add_target_modules(m);
-    }
-    if (absl::StartsWith(method, "corda")) {
-      spec.mutable_calibration()->set_path(testing::RunfilePath("examples/data/calibration.jsonl"));
+    v1::JobSpec spec =
+        examples::TinyJobSpec(name, method, {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"});
+    if (spec.has_calibration()) {
       spec.mutable_calibration()->set_num_samples(calibration_samples);
       spec.mutable_calibration()->set_max_seq_len(256);
       spec.mutable_calibration()->set_accumulation("f64");
     }
-    v1::DatasetSpec* ds = spec.add_datasets();
-    ds->set_path(testing::RunfilePath("examples/data/arith-train.jsonl"));
-    ds->set_format("chat");
-    ds->set_max_samples(64);
-    v1::EvalSetSpec* task = spec.add_eval_datasets();
-    task->set_name("arith");
-    task->set_path(testing::RunfilePath("examples/data/arith-test.jsonl"));
-    task->set_metric("exact_match");
-    task->set_max_samples(2);
-    task->set_max_new_tokens(4);
-    v1::EvalSetSpec* knowledge = spec.add_eval_datasets();
-    knowledge->set_name("knowledge");
-    knowledge->set_path(testing::RunfilePath("examples/data/knowledge.jsonl"));
-    knowledge->set_role("knowledge");
-    knowledge->set_max_samples(4);
-    spec.mutable_optimizer()->set_learning_rate(5e-3);
+    spec.mutable_eval_datasets(0)->set_max_samples(2);
+    spec.mutable_eval_datasets(0)->set_max_new_tokens(4);
+    spec.clear_lr_scheduler();
     spec.set_micro_batch_size(2);
     spec.set_gradient_accumulation_steps(2);
     spec.set_max_steps(steps);
     spec.set_sequence_len(128);
-    spec.set_sample_packing(true);
     spec.set_save_steps(5);
     spec.set_seed(3);
-    spec.set_num_threads(1);
     spec.set_export_merged(false);
     spec.set_output_dir((root_ / name).string());
     spec.set_cache_dir((root_ / (name + "-cache")).string());
