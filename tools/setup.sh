@@ -59,3 +59,45 @@ if [[ -n "$nvcc" && "${SIGMATUNE_CUDA:-1}" != 0 ]]; then
 else
   echo "setup: no CUDA toolkit found (or SIGMATUNE_CUDA=0): CPU-only build"
 fi
+
+# ------------------------------------------------------------------------------------------------
+# Deployment: the offline Kubernetes manifest validator (//deploy/k8s:manifests_test) needs the
+# PyPI package kubernetes-validate (it bundles the Kubernetes JSON schemas), pinned with its
+# dependencies in deploy/k8s/requirements-validate.txt, in its own virtualenv:
+#   ${XDG_CACHE_HOME:-~/.cache}/sigmatune/venv-deploy
+# Rebuilt only when the requirements change (their hash is stamped in the virtualenv). Not fatal:
+# without PyPI the rest of the setup stands and that one test fails, naming this script.
+deploy_requirements="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/k8s/requirements-validate.txt"
+deploy_venv="${XDG_CACHE_HOME:-$HOME/.cache}/sigmatune/venv-deploy"
+if [[ -f "$deploy_requirements" ]]; then
+  deploy_python=/usr/bin/python3
+  [[ -x "$deploy_python" ]] || deploy_python="$(command -v python3 || true)"
+  deploy_hash="$(sha256sum "$deploy_requirements" | cut -d' ' -f1)"
+  if [[ -x "$deploy_venv/bin/python" && "$(cat "$deploy_venv/.requirements.sha256" 2>/dev/null)" == "$deploy_hash" ]] &&
+     "$deploy_venv/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
+    echo "setup: deploy validator virtualenv present ($deploy_venv)"
+  elif [[ -z "$deploy_python" ]]; then
+    echo "setup: no python3: //deploy/k8s:manifests_test will fail until $deploy_venv exists" >&2
+  else
+    if ! "$deploy_python" -c 'import ensurepip, venv' 2>/dev/null && [[ "$deploy_python" == /usr/bin/python3 ]]; then
+      deploy_sudo=()
+      [[ $(id -u) -eq 0 ]] || deploy_sudo=(sudo)
+      echo "setup: installing python3-venv (log: $log)"
+      DEBIAN_FRONTEND=noninteractive "${deploy_sudo[@]}" apt-get install -y -q --no-install-recommends python3-venv \
+        >>"$log" 2>&1 || true
+    fi
+    echo "setup: creating the deploy validator virtualenv $deploy_venv (log: $log)"
+    if "$deploy_python" -m venv --clear "$deploy_venv" >>"$log" 2>&1 &&
+       "$deploy_venv/bin/python" -m pip install -q --disable-pip-version-check --no-input \
+         -r "$deploy_requirements" >>"$log" 2>&1 &&
+       "$deploy_venv/bin/python" -c 'import kubernetes_validate' >>"$log" 2>&1; then
+      echo "$deploy_hash" >"$deploy_venv/.requirements.sha256"
+      echo "setup: deploy validator virtualenv ready (kubernetes-validate $("$deploy_venv/bin/python" -c \
+        'import kubernetes_validate.version as v; print(v.__version__)'))"
+    else
+      echo "setup: could not create $deploy_venv (no PyPI?); the last lines of $log:" >&2
+      tail -n 5 "$log" >&2
+      echo "setup: //deploy/k8s:manifests_test will fail until it exists" >&2
+    fi
+  fi
+fi
