@@ -2,6 +2,7 @@
 //
 //   sigmatune-coordinator --data_root=/srv/sigmatune [--listen=127.0.0.1:50051] [--db=PATH]
 //       [--tenants_file=F] [--tls_cert=F --tls_key=F] [--local_workers=N] [--port_file=F]
+//       [--health_listen=0.0.0.0:8081]
 //
 // Jobs are stored in SQLite (--db) and survive a kill -9; jobs that were running resume from their
 // last checkpoint when a group is free again. With --local_workers=N it starts and supervises its
@@ -41,6 +42,9 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "Address to serve on (host:port; port 0 picks a free one).");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port here (atomically) once serving.");
+ABSL_FLAG(std::string, health_listen, "",
+          "Also serve only grpc.health.v1 here, in plaintext (e.g. 0.0.0.0:8081 for Kubernetes gRPC probes, which "
+          "cannot speak TLS); empty: health is served on --listen only.");
 ABSL_FLAG(std::string, db, "", "SQLite job store (default: $XDG_STATE_HOME or ~/.local/state, sigmatune/coordinator.db).");
 ABSL_FLAG(std::vector<std::string>, data_root, {},
           "Comma-separated directories every path of a job spec must lie in (default: the current directory).");
@@ -159,6 +163,19 @@ int Main(int argc, char** argv) {
   builder.SetMaxReceiveMessageSize(16 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) return Fail(absl::StrCat("cannot serve on ", listen, " (address in use?)"));
+  // The health-only server: gRPC's default health service and nothing else (no token, no job data).
+  std::unique_ptr<grpc::Server> health_server;
+  if (const std::string health_listen = absl::GetFlag(FLAGS_health_listen); !health_listen.empty()) {
+    grpc::ServerBuilder health_builder;
+    int health_port = 0;
+    health_builder.AddListeningPort(health_listen, grpc::InsecureServerCredentials(), &health_port);
+    health_server = health_builder.BuildAndStart();
+    if (health_server == nullptr || health_port == 0) {
+      return Fail(absl::StrCat("cannot serve health on ", health_listen, " (address in use?)"));
+    }
+    std::fprintf(stderr, "sigmatune-coordinator: grpc.health.v1 (only) in plaintext on port %d (%s)\n", health_port,
+                 health_listen.c_str());
+  }
   std::fprintf(stderr, "sigmatune-coordinator: serving on port %d (%s), data roots %s, job store %s, auth %s\n", port,
                listen.c_str(), absl::StrJoin(*canonical_roots, ",").c_str(), db_path.c_str(),
                tenants.enabled() ? "on" : "off (loopback only)");
@@ -209,8 +226,12 @@ int Main(int argc, char** argv) {
   if (workers != nullptr) workers->Stop();
   job_service.Shutdown();
   worker_service.Shutdown();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  server->Wait();
+  for (grpc::Server* s : {server.get(), health_server.get()}) {
+    if (s == nullptr) continue;
+    s->GetHealthCheckService()->Shutdown();  // NOT_SERVING from now on
+    s->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    s->Wait();
+  }
   return 0;
 }
 

@@ -441,12 +441,15 @@ def check_references(files, case, flags, image_env=("PATH", "LD_LIBRARY_PATH")):
                 if mount.get("name") not in volumes:
                     case.error("%s: volumeMounts: no volume named %r" % (cwhere, mount.get("name")))
             ports = {p.get("name") for p in container.get("ports") or [] if p.get("name")}
+            numbers = {p.get("containerPort") for p in container.get("ports") or []}
             for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
                 probe = container.get(probe_name) or {}
                 for handler in ("tcpSocket", "httpGet", "grpc"):
                     port = (probe.get(handler) or {}).get("port")
                     if isinstance(port, str) and port not in ports:
                         case.error("%s: %s.%s.port: no container port named %r" % (cwhere, probe_name, handler, port))
+                    if isinstance(port, int) and port not in numbers:
+                        case.error("%s: %s.%s.port: %d is not a containerPort" % (cwhere, probe_name, handler, port))
             for env in container.get("env") or []:
                 ref = (env.get("valueFrom") or {}).get("secretKeyRef")
                 if ref:

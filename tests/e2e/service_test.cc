@@ -10,7 +10,10 @@
 //  - cancel (CANCELLED within seconds, the checkpoint still verifies), idempotent resubmission,
 //    bad specs, path escapes, another tenant's job, a wrong token.
 // Skips when mpirun is not on PATH.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <filesystem>
@@ -44,6 +47,22 @@ using e2e::ReadFile;
 using e2e::WriteFile;
 
 std::string Binary(const std::string& path) { return fs::absolute(testing::RunfilePath(path)).string(); }
+
+// A TCP port nothing listens on right now (bound to port 0, then released).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  close(fd);
+  return port;
+}
 
 // A job spec with paths relative to the data root.
 std::string SpecYaml(const std::string& name, int max_steps, const std::string& extra = "") {
@@ -399,9 +418,27 @@ TEST_F(ServiceTest, TlsWithCertificateFilesAndHealthWithoutAToken) {
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = ReadFile(dir_ / "cert.pem");
   credentials_ = grpc::SslCredentials(ssl);
+  const int health_port = FreePort();
   StartCoordinator("coordinator.log", 0,
                    {absl::StrCat("--tls_cert=", (dir_ / "cert.pem").string()),
-                    absl::StrCat("--tls_key=", (dir_ / "key.pem").string())});
+                    absl::StrCat("--tls_key=", (dir_ / "key.pem").string()),
+                    absl::StrCat("--health_listen=127.0.0.1:", health_port)});
+  // The plaintext health-only port (Kubernetes' gRPC probes cannot speak TLS) answers SERVING and
+  // serves nothing else.
+  auto health_only = grpc::CreateChannel(absl::StrCat("127.0.0.1:", health_port), grpc::InsecureChannelCredentials());
+  {
+    grpc::ClientContext probe;
+    probe.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::health::v1::HealthCheckResponse serving;
+    grpc::Status probed = grpc::health::v1::Health::NewStub(health_only)->Check(&probe, {}, &serving);
+    ASSERT_TRUE(probed.ok()) << probed.error_message();
+    EXPECT_EQ(serving.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+    grpc::ClientContext list_context;
+    list_context.AddMetadata("authorization", absl::StrCat("Bearer ", acme_));
+    v1::ListJobsResponse list;
+    EXPECT_EQ(v1::JobService::NewStub(health_only)->ListJobs(&list_context, {}, &list).error_code(),
+              grpc::StatusCode::UNIMPLEMENTED);
+  }
   // The health service answers over TLS without a token (what a Kubernetes probe does).
   auto health = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext context;
