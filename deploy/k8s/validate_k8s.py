@@ -440,8 +440,9 @@ def check_references(files, case, flags, image_env=("PATH", "LD_LIBRARY_PATH")):
             for mount in container.get("volumeMounts") or []:
                 if mount.get("name") not in volumes:
                     case.error("%s: volumeMounts: no volume named %r" % (cwhere, mount.get("name")))
-            ports = {p.get("name") for p in container.get("ports") or [] if p.get("name")}
-            numbers = {p.get("containerPort") for p in container.get("ports") or []}
+            declared = [p for p in container.get("ports") or [] if isinstance(p, dict)]
+            ports = {p.get("name") for p in declared if isinstance(p.get("name"), str)}
+            numbers = {p.get("containerPort") for p in declared if isinstance(p.get("containerPort"), int)}
             for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
                 probe = container.get(probe_name) or {}
                 for handler in ("tcpSocket", "httpGet", "grpc"):
