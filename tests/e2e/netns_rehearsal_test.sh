@@ -189,31 +189,10 @@ worker_token="$(new_token)"
 printf 'acme user %s\npool worker %s\n' "$(hash_token "$user_token")" "$(hash_token "$worker_token")" >"$work/tenants.txt"
 chmod 600 "$work/tenants.txt"
 
-spec() {  # spec NAME MAX_STEPS
-  cat <<EOF
-name: $1
-base_model: models/tiny-llama
-method:
-  type: lora
-  rank: 4
-  target_modules: [q_proj, v_proj]
-datasets:
-  - path: data/arith-train.jsonl
-    format: chat
-eval_datasets:
-  - name: knowledge
-    path: data/knowledge.jsonl
-    format: text
-    metric: perplexity
-    max_samples: 4
-micro_batch_size: 4
-gradient_accumulation_steps: 2
-sequence_len: 256
-sample_packing: true
-save_steps: 50
-export_merged: false
-max_steps: $2
-EOF
+spec() {  # spec NAME MAX_STEPS: the tiny job service_test submits too
+  printf 'name: %s\n' "$1"
+  cat "$runfiles/tests/e2e/testdata/service-job.yaml"
+  printf 'max_steps: %s\n' "$2"
 }
 spec rehearsal 20 >"$work/short.yaml"
 spec lost-host 400 >"$work/long.yaml"

@@ -64,31 +64,11 @@ int FreePort() {
   return port;
 }
 
-// A job spec with paths relative to the data root.
+// The tiny job of testdata/service-job.yaml (paths relative to the data root) with a name, a
+// number of steps and `extra` lines.
 std::string SpecYaml(const std::string& name, int max_steps, const std::string& extra = "") {
-  return absl::StrCat("name: ", name, R"(
-base_model: models/tiny-llama
-method:
-  type: lora
-  rank: 4
-  target_modules: [q_proj, v_proj]
-datasets:
-  - path: data/arith-train.jsonl
-    format: chat
-eval_datasets:
-  - name: knowledge
-    path: data/knowledge.jsonl
-    format: text
-    metric: perplexity
-    max_samples: 4
-micro_batch_size: 4
-gradient_accumulation_steps: 2
-sequence_len: 256
-sample_packing: true
-save_steps: 50
-export_merged: false
-max_steps: )",
-                      max_steps, "\n", extra);
+  return absl::StrCat("name: ", name, "\n", ReadFile(testing::RunfilePath("tests/e2e/testdata/service-job.yaml")),
+                      "max_steps: ", max_steps, "\n", extra);
 }
 
 class ServiceTest : public ::testing::Test {
