@@ -12,6 +12,7 @@
 #include "absl/strings/strip.h"
 #include "client/job_client.h"
 #include "google/protobuf/util/json_util.h"
+#include "worker/train/progress_proto.h"
 
 namespace sigmatune::client {
 namespace {
@@ -78,46 +79,13 @@ absl::StatusOr<std::vector<v1::JobState>> ParseStates(absl::string_view text) {
   return states;
 }
 
-std::optional<train::Phase> PhaseFromProto(v1::JobPhase phase) {
-  switch (phase) {
-    case v1::JOB_PHASE_LOAD: return train::Phase::kLoad;
-    case v1::JOB_PHASE_CALIBRATE: return train::Phase::kCalibrate;
-    case v1::JOB_PHASE_DECOMPOSE: return train::Phase::kDecompose;
-    case v1::JOB_PHASE_EVALUATE: return train::Phase::kEvaluate;
-    case v1::JOB_PHASE_TRAIN: return train::Phase::kTrain;
-    case v1::JOB_PHASE_CHECKPOINT: return train::Phase::kCheckpoint;
-    case v1::JOB_PHASE_EXPORT: return train::Phase::kExport;
-    case v1::JOB_PHASE_DONE: return train::Phase::kDone;
-    default: return std::nullopt;
-  }
-}
-
 std::string PhaseText(v1::JobPhase phase) {
-  const std::optional<train::Phase> p = PhaseFromProto(phase);
+  const std::optional<train::Phase> p = train::PhaseFromProto(phase);
   return p.has_value() ? std::string(train::PhaseName(*p)) : "-";
 }
 
 absl::Time TimeFromProto(const google::protobuf::Timestamp& timestamp) {
   return absl::FromUnixSeconds(timestamp.seconds()) + absl::Nanoseconds(timestamp.nanos());
-}
-
-std::optional<train::ProgressEvent> ProgressEventFromProto(const v1::Progress& progress) {
-  const std::optional<train::Phase> phase = PhaseFromProto(progress.phase());
-  if (!phase.has_value()) return std::nullopt;
-  train::ProgressEvent event;
-  event.phase = *phase;
-  event.step = std::max<int64_t>(progress.step(), 0);
-  event.total_steps = std::max<int64_t>(progress.total_steps(), 0);
-  event.wall_time = absl::ToDoubleSeconds(TimeFromProto(progress.time()) - absl::UnixEpoch());
-  event.elapsed_s = progress.elapsed_s();
-  for (const v1::Scalar& s : progress.scalars()) {
-    // The renderer wants unique names; keep the first of a repeated one.
-    const bool seen = std::any_of(event.scalars.begin(), event.scalars.end(),
-                                  [&s](const auto& known) { return known.first == s.name(); });
-    if (!seen) event.scalars.emplace_back(s.name(), s.value());
-  }
-  event.message = progress.message();
-  return event;
 }
 
 std::optional<double> FindScalar(const v1::Progress& progress, absl::string_view name) {

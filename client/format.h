@@ -30,16 +30,10 @@ absl::StatusOr<v1::JobState> ParseState(absl::string_view text);
 // A comma-separated list of states ("queued,running"); empty text is the empty list.
 absl::StatusOr<std::vector<v1::JobState>> ParseStates(absl::string_view text);
 
-// The worker phase of a coordinator phase; nullopt for JOB_PHASE_UNSPECIFIED (no progress yet).
-std::optional<train::Phase> PhaseFromProto(v1::JobPhase phase);
-
 // "train" etc., "-" for JOB_PHASE_UNSPECIFIED.
 std::string PhaseText(v1::JobPhase phase);
 
 absl::Time TimeFromProto(const google::protobuf::Timestamp& timestamp);
-
-// The event the terminal renderer shows for a Progress; nullopt when it names no phase.
-std::optional<train::ProgressEvent> ProgressEventFromProto(const v1::Progress& progress);
 
 // The value of the scalar `name` in a progress report, if present.
 std::optional<double> FindScalar(const v1::Progress& progress, absl::string_view name);

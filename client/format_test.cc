@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "worker/train/progress_proto.h"
 
 namespace sigmatune::client {
 namespace {
@@ -47,7 +48,7 @@ TEST(FormatTest, ProgressBecomesAProgressEvent) {
   p.mutable_time()->set_seconds(1700000031);
   p.mutable_time()->set_nanos(250000000);
   p.set_message("hello");
-  std::optional<train::ProgressEvent> e = ProgressEventFromProto(p);
+  std::optional<train::ProgressEvent> e = train::ProgressFromProto(p);
   ASSERT_TRUE(e.has_value());
   EXPECT_EQ(e->phase, train::Phase::kTrain);
   EXPECT_EQ(e->step, 12);
@@ -57,10 +58,10 @@ TEST(FormatTest, ProgressBecomesAProgressEvent) {
   ASSERT_EQ(e->scalars.size(), 1u);
   EXPECT_EQ(e->scalars[0].first, "loss");
   EXPECT_EQ(e->message, "hello");
-  EXPECT_FALSE(ProgressEventFromProto(v1::Progress()).has_value());
+  EXPECT_FALSE(train::ProgressFromProto(v1::Progress()).has_value());
   for (int phase = v1::JOB_PHASE_LOAD; phase <= v1::JOB_PHASE_DONE; ++phase) {
     EXPECT_EQ(PhaseText(static_cast<v1::JobPhase>(phase)),
-              train::PhaseName(*PhaseFromProto(static_cast<v1::JobPhase>(phase))));
+              train::PhaseName(*train::PhaseFromProto(static_cast<v1::JobPhase>(phase))));
   }
 }
 

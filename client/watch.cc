@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/format.h"
+#include "worker/train/progress_proto.h"
 
 namespace sigmatune::client {
 namespace {
@@ -59,7 +60,7 @@ void JobWatcher::Note(const std::string& text) {
 }
 
 void JobWatcher::ShowProgress(const v1::Progress& progress, const std::string& message) {
-  std::optional<train::ProgressEvent> event = ProgressEventFromProto(progress);
+  std::optional<train::ProgressEvent> event = train::ProgressFromProto(progress);
   if (!event.has_value()) {
     if (!message.empty()) Note(message);
     return;

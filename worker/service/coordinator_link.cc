@@ -19,6 +19,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kernels/base/check.h"
 #include "kernels/base/status_macros.h"
+#include "worker/train/progress_proto.h"
 
 namespace sigmatune::service {
 namespace {
@@ -169,7 +170,7 @@ class CoordinatorLink::Impl::Sink final : public train::ProgressSink {
  public:
   Sink(Impl* impl, Running* running) : impl_(impl), running_(running) {}
   absl::Status OnEvent(const train::ProgressEvent& event) override {
-    v1::Progress progress = ToProgress(event);
+    v1::Progress progress = train::ProgressToProto(event);
     absl::MutexLock lock(&impl_->mu_);
     std::vector<v1::Progress>& queue = running_->progress;
     if (queue.size() >= kMaxQueuedProgress) queue.erase(queue.begin());

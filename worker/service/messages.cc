@@ -40,20 +40,6 @@ std::string ProcField(const char* path, absl::string_view key) {
   return "";
 }
 
-v1::JobPhase ToPhase(train::Phase phase) {
-  switch (phase) {
-    case train::Phase::kLoad: return v1::JOB_PHASE_LOAD;
-    case train::Phase::kCalibrate: return v1::JOB_PHASE_CALIBRATE;
-    case train::Phase::kDecompose: return v1::JOB_PHASE_DECOMPOSE;
-    case train::Phase::kEvaluate: return v1::JOB_PHASE_EVALUATE;
-    case train::Phase::kTrain: return v1::JOB_PHASE_TRAIN;
-    case train::Phase::kCheckpoint: return v1::JOB_PHASE_CHECKPOINT;
-    case train::Phase::kExport: return v1::JOB_PHASE_EXPORT;
-    case train::Phase::kDone: return v1::JOB_PHASE_DONE;
-  }
-  return v1::JOB_PHASE_UNSPECIFIED;
-}
-
 void AddScalar(google::protobuf::RepeatedPtrField<v1::Scalar>* to, std::string name, double value) {
   v1::Scalar* s = to->Add();
   s->set_name(std::move(name));
@@ -100,20 +86,6 @@ absl::StatusOr<std::vector<v1::Device>> GatherDevices(comm::Communicator& comm) 
     }
   }
   return devices;
-}
-
-v1::Progress ToProgress(const train::ProgressEvent& event) {
-  v1::Progress p;
-  p.set_phase(ToPhase(event.phase));
-  p.set_step(event.step);
-  p.set_total_steps(event.total_steps);
-  const double seconds = std::floor(event.wall_time);
-  p.mutable_time()->set_seconds(static_cast<int64_t>(seconds));
-  p.mutable_time()->set_nanos(std::clamp(static_cast<int32_t>((event.wall_time - seconds) * 1e9), 0, 999999999));
-  p.set_elapsed_s(event.elapsed_s);
-  for (const auto& [name, value] : event.scalars) AddScalar(p.mutable_scalars(), name, value);
-  p.set_message(event.message);
-  return p;
 }
 
 v1::JobResult ToJobResult(const absl::StatusOr<job::JobResult>& result) {

@@ -25,10 +25,6 @@ v1::Device DescribeLocalDevice(int rank);
 // all; the other ranks an empty vector. DataLoss when a description does not parse.
 absl::StatusOr<std::vector<v1::Device>> GatherDevices(comm::Communicator& comm);
 
-// The coordinator's view of a progress event (phase, step, total, time, elapsed_s, scalars in
-// order, message).
-v1::Progress ToProgress(const train::ProgressEvent& event);
-
 // The result reported for one run:
 //  - FAILED with the message of a RunJob error;
 //  - STOPPED when it stopped early ("stopped at step S of T", or "stopped before training"), with
