@@ -12,13 +12,10 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -85,14 +82,6 @@ bool IsLoopback(const std::string& address) {
          absl::StartsWith(address, "[::1]:") || absl::StartsWith(address, "unix:");
 }
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path, ": ", std::strerror(errno)));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage("sigmatune-coordinator --data_root=DIR [--listen=HOST:PORT] [--local_workers=N]");
   absl::ParseCommandLine(argc, argv);
@@ -142,10 +131,10 @@ int Main(int argc, char** argv) {
   const std::string key_file = absl::GetFlag(FLAGS_tls_key);
   if (cert_file.empty() != key_file.empty()) return Fail("--tls_cert and --tls_key go together");
   if (!cert_file.empty()) {
-    absl::StatusOr<std::string> cert = ReadWholeFile(cert_file, "--tls_cert");
-    if (!cert.ok()) return Fail(std::string(cert.status().message()));
-    absl::StatusOr<std::string> key = ReadWholeFile(key_file, "--tls_key");
-    if (!key.ok()) return Fail(std::string(key.status().message()));
+    absl::StatusOr<std::string> cert = formats::ReadFileToString(cert_file);
+    if (!cert.ok()) return Fail(absl::StrCat("--tls_cert: ", cert.status().message()));
+    absl::StatusOr<std::string> key = formats::ReadFileToString(key_file);
+    if (!key.ok()) return Fail(absl::StrCat("--tls_key: ", key.status().message()));
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     credentials = grpc::SslServerCredentials(ssl);

@@ -1,5 +1,6 @@
 #include "server/service/grpc_services.h"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
@@ -85,20 +86,27 @@ grpc::ServerUnaryReactor* JobServiceImpl::GetJobReport(grpc::CallbackServerConte
   });
 }
 
+class WatchReactor;
+
+// Shared by a stream's reactor, the waiter it leaves with the job's EventLog and the service's
+// list of streams; the last two hold it weakly, so a wake-up that races with the end of the stream
+// finds no reactor.
+struct WatchState {
+  absl::Mutex mu;
+  WatchReactor* reactor = nullptr;  // null once OnDone ran
+};
+
 // One Watch stream. Writes one message at a time; between writes it either has the next event at
-// hand or has left a one-shot waiter with the job's EventLog. `State` outlives the reactor (the
-// waiter holds it weakly), so a wake-up that races with the end of the stream finds no reactor.
+// hand or has left a one-shot waiter with the job's EventLog.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse> {
  public:
-  struct State {
-    absl::Mutex mu;
-    WatchReactor* reactor = nullptr;  // null once OnDone ran
-  };
+  using State = WatchState;
 
   WatchReactor(JobServiceImpl* service, WatchStart start)
       : service_(service), log_(std::move(start.log)), next_(start.next_sequence), state_(std::make_shared<State>()) {
     state_->reactor = this;
     service_->open_watches_.fetch_add(1);
+    service_->Register(state_);
     if (start.snapshot.has_value()) {
       *response_.mutable_job() = *std::move(start.snapshot);
       writing_ = true;
@@ -134,12 +142,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
     delete this;
   }
 
- private:
-  void Pump() {
-    absl::MutexLock lock(&state_->mu);
-    PumpLocked();
-  }
-
+  // Writes the next event, ends the stream, or waits (state_->mu held).
   void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
     if (writing_ || finished_) return;
     if (cancelled_) {
@@ -175,6 +178,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
     }
   }
 
+ private:
+  void Pump() {
+    absl::MutexLock lock(&state_->mu);
+    PumpLocked();
+  }
+
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
     if (finished_) return;
     finished_ = true;
@@ -208,7 +217,29 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* JobServiceImpl::WatchJob(grpc::C
   return new WatchReactor(this, *std::move(start));
 }
 
-void JobServiceImpl::Shutdown() { shutting_down_ = true; }
+void JobServiceImpl::Register(const std::shared_ptr<WatchState>& watch) {
+  absl::MutexLock lock(&watches_mu_);
+  if (watches_.size() >= 2 * static_cast<size_t>(open_watches_.load()) + 16) {
+    watches_.erase(std::remove_if(watches_.begin(), watches_.end(), [](const auto& w) { return w.expired(); }),
+                   watches_.end());
+  }
+  watches_.push_back(watch);
+}
+
+void JobServiceImpl::Shutdown() {
+  shutting_down_ = true;
+  std::vector<std::weak_ptr<WatchState>> watches;
+  {
+    absl::MutexLock lock(&watches_mu_);
+    watches.swap(watches_);
+  }
+  for (const std::weak_ptr<WatchState>& weak : watches) {
+    std::shared_ptr<WatchState> watch = weak.lock();
+    if (watch == nullptr) continue;
+    absl::MutexLock lock(&watch->mu);
+    if (watch->reactor != nullptr) watch->reactor->PumpLocked();
+  }
+}
 
 // ---- WorkerService ------------------------------------------------------------------------------
 

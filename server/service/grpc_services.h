@@ -18,9 +18,12 @@
 #define SIGMATUNE_SERVER_SERVICE_GRPC_SERVICES_H_
 
 #include <atomic>
+#include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "server/auth/auth.h"
 #include "server/service/coordinator.h"
@@ -35,12 +38,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::StatusOr<Tenant> AuthenticateCall(const TenantRegistry& tenants, const grpc::ServerContextBase& context,
                                         Role role);
 
+// What a Watch stream's wake-ups and Shutdown reach it through (grpc_services.cc).
+struct WatchState;
+
 class JobServiceImpl final : public v1::JobService::CallbackService {
  public:
   JobServiceImpl(Coordinator* coordinator, const TenantRegistry* tenants)
       : coordinator_(coordinator), tenants_(tenants) {}
 
-  // Ends every open Watch stream with UNAVAILABLE (before the server shuts down).
+  // Ends every open Watch stream with UNAVAILABLE (those in the middle of a write, when it is done),
+  // so clients resume with their last token elsewhere; call before the server shuts down.
   void Shutdown();
 
   grpc::ServerUnaryReactor* CreateJob(grpc::CallbackServerContext* context, const v1::CreateJobRequest* request,
@@ -60,10 +67,14 @@ class JobServiceImpl final : public v1::JobService::CallbackService {
 
  private:
   friend class WatchReactor;
+  void Register(const std::shared_ptr<WatchState>& watch);
+
   Coordinator* coordinator_;
   const TenantRegistry* tenants_;
   std::atomic<int> open_watches_{0};
   std::atomic<bool> shutting_down_{false};
+  absl::Mutex watches_mu_;
+  std::vector<std::weak_ptr<WatchState>> watches_ ABSL_GUARDED_BY(watches_mu_);  // expired ones pruned
 };
 
 class WorkerServiceImpl final : public v1::WorkerService::Service {

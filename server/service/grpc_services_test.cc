@@ -239,5 +239,29 @@ TEST_F(GrpcServicesTest, ManyWatchersOfOneJobAllSeeEveryEventAndCanLeave) {
   EXPECT_EQ(jobs_->open_watches(), 0);
 }
 
+TEST_F(GrpcServicesTest, ShutdownEndsWaitingWatchesWithUnavailable) {
+  v1::Job job;
+  ASSERT_TRUE(Create(user_token_, &job).ok());
+  grpc::ClientContext context;
+  Auth(&context, user_token_);
+  v1::WatchJobRequest watch;
+  watch.set_name(job.name());
+  auto reader = stub_->WatchJob(&context, watch);
+  v1::WatchJobResponse first;
+  ASSERT_TRUE(reader->Read(&first));  // the snapshot; the stream now waits for events
+  jobs_->Shutdown();
+  v1::WatchJobResponse next;
+  EXPECT_FALSE(reader->Read(&next));
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  // A watch started after Shutdown ends the same way once it has sent its snapshot.
+  grpc::ClientContext late_context;
+  Auth(&late_context, user_token_);
+  auto late = stub_->WatchJob(&late_context, watch);
+  ASSERT_TRUE(late->Read(&first));
+  EXPECT_FALSE(late->Read(&next));
+  EXPECT_EQ(late->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
 }  // namespace
 }  // namespace sigmatune::server
