@@ -1,6 +1,11 @@
 #include "examples/tiny_job.h"
 
+#include <filesystem>
+#include <system_error>
+
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/base/check.h"
 #include "kernels/testing/golden.h"
 
 namespace sigmatune::examples {
@@ -39,6 +44,22 @@ v1::JobSpec TinyJobSpec(const std::string& name, const std::string& method, cons
   spec.set_sample_packing(true);
   spec.set_num_threads(1);
   return spec;
+}
+
+void CopyTinyExampleTo(const std::string& root) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  fs::create_directories(fs::path(root) / "models", error);
+  ST_CHECK(!error) << root << ": " << error.message();
+  fs::create_directories(fs::path(root) / "data", error);
+  ST_CHECK(!error) << root << ": " << error.message();
+  fs::copy(testing::RunfilePath("examples/models/tiny-llama"), fs::path(root) / "models" / "tiny-llama",
+           fs::copy_options::recursive, error);
+  ST_CHECK(!error) << "copying the tiny model to " << root << ": " << error.message();
+  for (const char* file : {"arith-train.jsonl", "arith-test.jsonl", "knowledge.jsonl"}) {
+    fs::copy_file(testing::RunfilePath(absl::StrCat("examples/data/", file)), fs::path(root) / "data" / file, error);
+    ST_CHECK(!error) << "copying " << file << " to " << root << ": " << error.message();
+  }
 }
 
 }  // namespace sigmatune::examples

@@ -18,6 +18,11 @@ namespace sigmatune::examples {
 // Steps, batch, seed, checkpoints and directories are the caller's, as is every override.
 v1::JobSpec TinyJobSpec(const std::string& name, const std::string& method, const std::vector<std::string>& targets);
 
+// Copies the tiny model to <root>/models/tiny-llama and the example data (arith-train.jsonl,
+// arith-test.jsonl, knowledge.jsonl) to <root>/data/ as real files (the runfiles are symlinks,
+// which a coordinator's data-root check resolves outside the root). CHECK-fails when a copy fails.
+void CopyTinyExampleTo(const std::string& root);
+
 }  // namespace sigmatune::examples
 
 #endif  // SIGMATUNE_EXAMPLES_TINY_JOB_H_

@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "examples/tiny_job.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
 #include "server/auth/auth.h"
@@ -26,13 +27,7 @@ class CoordinatorTest : public ::testing::Test {
     dir_ = fs::path(::testing::TempDir()) / ::testing::UnitTest::GetInstance()->current_test_info()->name();
     fs::remove_all(dir_);
     root_ = dir_ / "root";
-    fs::create_directories(root_ / "data");
-    fs::create_directories(root_ / "models");
-    fs::copy(testing::RunfilePath("examples/models/tiny-llama"), root_ / "models" / "tiny-llama",
-             fs::copy_options::recursive);
-    for (const char* file : {"arith-train.jsonl", "arith-test.jsonl", "knowledge.jsonl"}) {
-      fs::copy_file(testing::RunfilePath(absl::StrCat("examples/data/", file)), root_ / "data" / file);
-    }
+    examples::CopyTinyExampleTo(root_.string());
     root_ = fs::canonical(root_);
     OpenCoordinator();
     acme_ = Tenant{"acme", {Role::kUser}, {}};

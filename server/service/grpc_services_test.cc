@@ -14,6 +14,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "examples/tiny_job.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
 #include "server/store/job_store.h"
@@ -28,11 +29,7 @@ class GrpcServicesTest : public ::testing::Test {
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) / ::testing::UnitTest::GetInstance()->current_test_info()->name();
     fs::remove_all(dir_);
-    fs::create_directories(dir_ / "root" / "models");
-    fs::create_directories(dir_ / "root" / "data");
-    fs::copy(testing::RunfilePath("examples/models/tiny-llama"), dir_ / "root" / "models" / "tiny-llama",
-             fs::copy_options::recursive);
-    fs::copy_file(testing::RunfilePath("examples/data/arith-train.jsonl"), dir_ / "root" / "data" / "train.jsonl");
+    examples::CopyTinyExampleTo((dir_ / "root").string());
     user_token_ = *NewToken();
     other_token_ = *NewToken();
     worker_token_ = *NewToken();
@@ -81,7 +78,7 @@ class GrpcServicesTest : public ::testing::Test {
     v1::CreateJobRequest request;
     request.mutable_spec()->set_base_model("models/tiny-llama");
     request.mutable_spec()->mutable_method()->set_type("lora");
-    request.mutable_spec()->add_datasets()->set_path("data/train.jsonl");
+    request.mutable_spec()->add_datasets()->set_path("data/arith-train.jsonl");
     request.mutable_spec()->set_max_steps(2);
     grpc::ClientContext context;
     Auth(&context, token);

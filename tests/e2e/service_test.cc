@@ -31,6 +31,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "examples/tiny_job.h"
 #include "gtest/gtest.h"
 #include "kernels/testing/golden.h"
 #include "server/auth/auth.h"
@@ -79,13 +80,7 @@ class ServiceTest : public ::testing::Test {
     dir_ = fs::path(::testing::TempDir()) / ::testing::UnitTest::GetInstance()->current_test_info()->name();
     fs::remove_all(dir_);
     root_ = dir_ / "root";
-    fs::create_directories(root_ / "models");
-    fs::create_directories(root_ / "data");
-    fs::copy(testing::RunfilePath("examples/models/tiny-llama"), root_ / "models" / "tiny-llama",
-             fs::copy_options::recursive);
-    for (const char* file : {"arith-train.jsonl", "knowledge.jsonl"}) {
-      fs::copy_file(testing::RunfilePath(absl::StrCat("examples/data/", file)), root_ / "data" / file);
-    }
+    examples::CopyTinyExampleTo(root_.string());
     root_ = fs::canonical(root_);
     // mpirun's session directory holds Unix sockets: keep the path short.
     char tmpl[] = "/tmp/st-svc-XXXXXX";
