@@ -46,6 +46,26 @@ find_binary() {
   printf '%s\n' "$found"
 }
 
+# parse_mpi_option "$@": the options both launch scripts take (the globals listed above, plus
+# worker, comm_timeout and dry_run). Sets `consumed` to how many arguments it used (0: not one of
+# them, the caller handles it).
+parse_mpi_option() {
+  consumed=0
+  case "$1" in
+    -H | --hostfile) need_value "$1" $#; hostfile="$2"; consumed=2 ;;
+    -n | --np) need_value "$1" $#; np="$2"; consumed=2 ;;
+    -w | --worker) need_value "$1" $#; worker="$2"; consumed=2 ;;
+    --btl) need_value "$1" $#; btl="$2"; consumed=2 ;;
+    --ifaces) need_value "$1" $#; ifaces="$2"; consumed=2 ;;
+    --cores-per-rank) need_value "$1" $#; cores_per_rank="$2"; consumed=2 ;;
+    --no-cma) no_cma=1; consumed=1 ;;
+    --oversubscribe) oversubscribe=1; consumed=1 ;;
+    --stop-grace) need_value "$1" $#; stop_grace="$2"; consumed=2 ;;
+    --comm-timeout) need_value "$1" $#; comm_timeout="$2"; consumed=2 ;;
+    --dry-run) dry_run=1; consumed=1 ;;
+  esac
+}
+
 # is_count VALUE: a positive integer.
 is_count() {
   [[ "$1" =~ ^[1-9][0-9]*$ ]]

@@ -41,20 +41,11 @@ hostfile="" np="" worker="" btl="self,vader,tcp" ifaces="" cores_per_rank="" no_
 oversubscribe=0 stop_grace=60 comm_timeout="" quiet=0 dry_run=0 spec=""
 extra_mpirun=()
 while (($# > 0)); do
+  parse_mpi_option "$@"
+  if ((consumed > 0)); then shift "$consumed"; continue; fi
   case "$1" in
     -h | --help) usage; exit 0 ;;
-    -H | --hostfile) need_value "$1" $#; hostfile="$2"; shift 2 ;;
-    -n | --np) need_value "$1" $#; np="$2"; shift 2 ;;
-    -w | --worker) need_value "$1" $#; worker="$2"; shift 2 ;;
-    --btl) need_value "$1" $#; btl="$2"; shift 2 ;;
-    --ifaces) need_value "$1" $#; ifaces="$2"; shift 2 ;;
-    --cores-per-rank) need_value "$1" $#; cores_per_rank="$2"; shift 2 ;;
-    --no-cma) no_cma=1; shift ;;
-    --oversubscribe) oversubscribe=1; shift ;;
-    --stop-grace) need_value "$1" $#; stop_grace="$2"; shift 2 ;;
-    --comm-timeout) need_value "$1" $#; comm_timeout="$2"; shift 2 ;;
     --quiet) quiet=1; shift ;;
-    --dry-run) dry_run=1; shift ;;
     --) shift; extra_mpirun=("$@"); break ;;
     -*) die "unknown option $1 (see -h)" ;;
     *)

@@ -54,28 +54,19 @@ cores_per_rank="" no_cma=0 oversubscribe=0 stop_grace=30 comm_timeout="" backoff
 healthy_after=600 max_restarts=0 once=0 dry_run=0
 extra_mpirun=()
 while (($# > 0)); do
+  parse_mpi_option "$@"
+  if ((consumed > 0)); then shift "$consumed"; continue; fi
   case "$1" in
     -h | --help) usage; exit 0 ;;
     -c | --coordinator) need_value "$1" $#; coordinator="$2"; shift 2 ;;
     --coordinator=*) coordinator="${1#*=}"; shift ;;
     --token-file) need_value "$1" $#; token_file="$2"; shift 2 ;;
     --tls-ca) need_value "$1" $#; tls_ca="$2"; shift 2 ;;
-    -H | --hostfile) need_value "$1" $#; hostfile="$2"; shift 2 ;;
-    -n | --np) need_value "$1" $#; np="$2"; shift 2 ;;
-    -w | --worker) need_value "$1" $#; worker="$2"; shift 2 ;;
-    --btl) need_value "$1" $#; btl="$2"; shift 2 ;;
-    --ifaces) need_value "$1" $#; ifaces="$2"; shift 2 ;;
-    --cores-per-rank) need_value "$1" $#; cores_per_rank="$2"; shift 2 ;;
-    --no-cma) no_cma=1; shift ;;
-    --oversubscribe) oversubscribe=1; shift ;;
-    --stop-grace) need_value "$1" $#; stop_grace="$2"; shift 2 ;;
-    --comm-timeout) need_value "$1" $#; comm_timeout="$2"; shift 2 ;;
     --backoff) need_value "$1" $#; backoff="$2"; shift 2 ;;
     --max-backoff) need_value "$1" $#; max_backoff="$2"; shift 2 ;;
     --healthy-after) need_value "$1" $#; healthy_after="$2"; shift 2 ;;
     --max-restarts) need_value "$1" $#; max_restarts="$2"; shift 2 ;;
     --once) once=1; shift ;;
-    --dry-run) dry_run=1; shift ;;
     --) shift; extra_mpirun=("$@"); break ;;
     *) die "unknown argument $1 (see -h)" ;;
   esac
