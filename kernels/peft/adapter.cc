@@ -12,8 +12,15 @@ namespace {
 
 using kernels::Transpose;
 
-// The dtypes the adapter ops have on some backend (bf16: the CUDA backend's activations).
-bool IsFloat(DType dtype) { return dtype == DType::kF32 || dtype == DType::kF64 || dtype == DType::kBF16; }
+// The parameters' dtypes (AdamW steps f32 and f64).
+bool IsParamDType(DType dtype) { return dtype == DType::kF32 || dtype == DType::kF64; }
+
+// The activation dtypes an adapter with `param` parameters accepts: its own, and the 16-bit
+// floats of a half-precision model when the parameters are f32.
+bool IsActivationDType(DType activation, DType param) {
+  return activation == param ||
+         (param == DType::kF32 && (activation == DType::kBF16 || activation == DType::kF16));
+}
 
 // InvalidArgument unless `t` is a defined contiguous tensor of `dtype` on `device` shaped `shape`.
 absl::Status CheckOperand(const Tensor& t, const char* what, const Shape& shape, DType dtype, Device device) {
@@ -34,15 +41,30 @@ absl::StatusOr<Tensor> DroppedInput(model::ModelBackend& backend, const Tensor& 
   return xd;
 }
 
-// x [T, n] and out [T, out_cols], contiguous, of the parameters' dtype and device.
+// x [T, n] and out [T, out_cols], contiguous, on the parameters' device, of one activation dtype
+// the parameters accept (IsActivationDType).
 absl::Status CheckActivations(const Tensor& a, const Tensor& x, const Tensor& out, const char* out_name,
                               int64_t out_cols) {
   if (!x.defined() || x.rank() != 2) {
     return absl::InvalidArgumentError(absl::StrCat("LowRankAdapter: x must be [T, ", a.dim(1), "], got ",
                                                    x.defined() ? x.DebugString() : "undefined"));
   }
-  ST_RETURN_IF_ERROR(CheckOperand(x, "x", {x.dim(0), a.dim(1)}, a.dtype(), a.device()));
-  return CheckOperand(out, out_name, {x.dim(0), out_cols}, a.dtype(), a.device());
+  if (!IsActivationDType(x.dtype(), a.dtype())) {
+    return absl::InvalidArgumentError(absl::StrCat("LowRankAdapter: x is ", DTypeName(x.dtype()), " but the ",
+                                                   DTypeName(a.dtype()),
+                                                   " parameters take activations of their own dtype "
+                                                   "(or bf16/f16 with f32 parameters)"));
+  }
+  ST_RETURN_IF_ERROR(CheckOperand(x, "x", {x.dim(0), a.dim(1)}, x.dtype(), a.device()));
+  return CheckOperand(out, out_name, {x.dim(0), out_cols}, x.dtype(), a.device());
+}
+
+// `t` in `dtype`: itself when it already is, else a widened copy.
+absl::StatusOr<Tensor> InDType(model::ModelBackend& backend, const Tensor& t, DType dtype) {
+  if (t.dtype() == dtype) return t;
+  ST_ASSIGN_OR_RETURN(Tensor wide, backend.Allocate(t.shape(), dtype));
+  ST_RETURN_IF_ERROR(backend.Cast(t, &wide));
+  return wide;
 }
 
 }  // namespace
@@ -61,8 +83,8 @@ absl::StatusOr<std::unique_ptr<LowRankAdapter>> LowRankAdapter::Create(model::Mo
                                                    " (r = rows), b ", ShapeToString(b.shape()),
                                                    " (r = columns), r >= 1"));
   }
-  if (!IsFloat(a.dtype()) || b.dtype() != a.dtype() || (d.defined() && d.dtype() != a.dtype())) {
-    return absl::InvalidArgumentError(absl::StrCat("LowRankAdapter: a, b and d must share one f32/f64/bf16 dtype, got a ",
+  if (!IsParamDType(a.dtype()) || b.dtype() != a.dtype() || (d.defined() && d.dtype() != a.dtype())) {
+    return absl::InvalidArgumentError(absl::StrCat("LowRankAdapter: a, b and d must share one f32/f64 dtype, got a ",
                                                    a.DebugString(), ", b ", b.DebugString(),
                                                    d.defined() ? absl::StrCat(", d ", d.DebugString()) : ""));
   }
@@ -102,12 +124,16 @@ absl::Status LowRankAdapter::Forward(const Tensor& x, Tensor* y) {
   ST_RETURN_IF_ERROR(CheckActivations(a_, x, *y, "y", b_.dim(0)));
   const int64_t t = x.dim(0), r = rank();
   if (t == 0) return absl::OkStatus();
-  ST_ASSIGN_OR_RETURN(const Tensor xd, DroppedInput(*backend_, x, active_dropout(), dropout_seed_));
+  // A half-precision model: the math in the parameters' dtype on widened copies (see the header).
+  ST_ASSIGN_OR_RETURN(const Tensor xw, InDType(*backend_, x, a_.dtype()));
+  ST_ASSIGN_OR_RETURN(Tensor yw, InDType(*backend_, *y, a_.dtype()));
+  ST_ASSIGN_OR_RETURN(const Tensor xd, DroppedInput(*backend_, xw, active_dropout(), dropout_seed_));
   // u = drop(x) A^T [T, r]; v = u diag(d); y += s v B^T.
   ST_ASSIGN_OR_RETURN(Tensor u, backend_->Allocate({t, r}, a_.dtype()));
   ST_RETURN_IF_ERROR(backend_->Matmul(xd, Transpose::kNo, a_, Transpose::kYes, 1.0, 0.0, &u));
   if (d_.defined()) ST_RETURN_IF_ERROR(backend_->ScaleColumns(u, d_, &u));
-  return backend_->Matmul(u, Transpose::kNo, b_, Transpose::kYes, scale_, 1.0, y);
+  ST_RETURN_IF_ERROR(backend_->Matmul(u, Transpose::kNo, b_, Transpose::kYes, scale_, 1.0, &yw));
+  return yw.dtype() == y->dtype() ? absl::OkStatus() : backend_->Cast(yw, y);
 }
 
 absl::Status LowRankAdapter::Backward(const Tensor& x, const Tensor& dy, Tensor* dx) {
@@ -116,6 +142,14 @@ absl::Status LowRankAdapter::Backward(const Tensor& x, const Tensor& dy, Tensor*
   ST_RETURN_IF_ERROR(CheckActivations(a_, x, *dx, "dx", a_.dim(1)));
   const int64_t t = x.dim(0), r = rank();
   if (t == 0) return absl::OkStatus();
+  if (x.dtype() != a_.dtype()) {
+    // A half-precision model: the f32 path on widened copies, dx rounded once (see the header).
+    ST_ASSIGN_OR_RETURN(const Tensor xw, InDType(*backend_, x, a_.dtype()));
+    ST_ASSIGN_OR_RETURN(const Tensor dyw, InDType(*backend_, dy, a_.dtype()));
+    ST_ASSIGN_OR_RETURN(Tensor dxw, InDType(*backend_, *dx, a_.dtype()));
+    ST_RETURN_IF_ERROR(Backward(xw, dyw, &dxw));
+    return backend_->Cast(dxw, dx);
+  }
   // Recomputed rather than kept from Forward: the same mask (a pure function of the seed), and
   // nothing [T, n]-sized stays alive between the passes.
   ST_ASSIGN_OR_RETURN(const Tensor xd, DroppedInput(*backend_, x, active_dropout(), dropout_seed_));

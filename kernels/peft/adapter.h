@@ -7,9 +7,13 @@
 // and adds (g * d) A, masked and scaled as the dropout was, to dx.
 //
 // Contract:
-//  - Parameters and their gradients live on the backend's device in the backend's activation
-//    dtype (f32 on the CPU; f64 works on the CPU backend too, for tests). Gradients accumulate
-//    across Backward calls until ZeroGrad (gradient accumulation).
+//  - Parameters and their gradients live on the backend's device in f32 (f64 works too, for
+//    tests). Gradients accumulate across Backward calls until ZeroGrad (gradient accumulation).
+//  - Activations (x, y, dy, dx) are in the parameters' dtype, or in bf16/f16 with f32 parameters
+//    (the CUDA backend's bf16 model): then the adapter works as PEFT does on a bf16 base with fp32
+//    adapter weights: x and dy are widened to f32, the adapter's math is f32, and its output (its
+//    input gradient) is added to y (dx) in f32 and rounded once to the activation dtype. So the
+//    mixed path gives bit for bit the f32 path's results on the widened activations, rounded.
 //  - Dropout (p > 0) draws its mask from kernels::Dropout with the seed set by set_dropout_seed
 //    (the trainer sets a new one per micro-batch): Forward and a recomputed Forward
 //    (Recompute::kPerLayer) of the same micro-batch drop the same elements, and Backward uses the
@@ -36,7 +40,7 @@ enum class AdapterMode { kTrain, kEval };
 
 class LowRankAdapter final : public model::LinearAdapter {
  public:
-  // a [r, n], b [m, r], d [r] (undefined unless KaSA), all of one dtype on the backend's device;
+  // a [r, n], b [m, r], d [r] (undefined unless KaSA), all f32 or all f64 on the backend's device;
   // copied into the adapter. InvalidArgument for mismatched shapes, dtypes or 0 > dropout >= 1.
   static absl::StatusOr<std::unique_ptr<LowRankAdapter>> Create(model::ModelBackend* backend, const Tensor& a,
                                                                 const Tensor& b, const Tensor& d, double scale,

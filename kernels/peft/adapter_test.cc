@@ -278,6 +278,40 @@ TEST(AdapterDropoutTest, EvalModeTurnsDropoutOff) {
   EXPECT_TRUE(AllClose(y_again, y_train, Tolerance{0, 0}));
 }
 
+// A bf16 (or f16) model with f32 adapters: the result is the f32 path's on the widened
+// activations, rounded once to the activation dtype; the gradients are the f32 path's exactly.
+TEST_P(AdapterTest, HalfActivationsEqualTheF32PathOnWidenedValuesRounded) {
+  for (DType half : {DType::kBF16, DType::kF16}) {
+    SCOPED_TRACE(DTypeName(half));
+    const Case c(DType::kF32, with_d(), 10);
+    const Tensor x16 = c.x.To(half), y16 = c.y0.To(half), dy16 = c.r.To(half);
+    const Tensor dx16 = RandomNormal({kT, kN}, DType::kF32, 99).To(half);
+    auto mixed = MakeAdapter(backend_, c.a, c.b, c.d, dropout());
+    auto plain = MakeAdapter(backend_, c.a, c.b, c.d, dropout());
+
+    Tensor y_mixed = y16.Contiguous();
+    ASSERT_TRUE(mixed->Forward(x16, &y_mixed).ok());
+    ASSERT_EQ(y_mixed.dtype(), half);
+    Tensor y_plain = y16.To(DType::kF32);
+    ASSERT_TRUE(plain->Forward(x16.To(DType::kF32), &y_plain).ok());
+    EXPECT_TRUE(AllClose(y_mixed.To(DType::kF32), y_plain.To(half).To(DType::kF32), Tolerance{0, 0}));
+
+    Tensor dx_mixed = dx16.Contiguous();
+    ASSERT_TRUE(mixed->Backward(x16, dy16, &dx_mixed).ok());
+    Tensor dx_plain = dx16.To(DType::kF32);
+    ASSERT_TRUE(plain->Backward(x16.To(DType::kF32), dy16.To(DType::kF32), &dx_plain).ok());
+    EXPECT_TRUE(AllClose(dx_mixed.To(DType::kF32), dx_plain.To(half).To(DType::kF32), Tolerance{0, 0}));
+    EXPECT_EQ(mixed->grad_a().dtype(), DType::kF32);
+    EXPECT_TRUE(AllClose(mixed->grad_a(), plain->grad_a(), Tolerance{0, 0}));
+    EXPECT_TRUE(AllClose(mixed->grad_b(), plain->grad_b(), Tolerance{0, 0}));
+    if (with_d()) {
+      EXPECT_TRUE(AllClose(mixed->grad_d(), plain->grad_d(), Tolerance{0, 0}));
+    }
+    // And the rounding is real: the mixed output is not the unrounded f32 one.
+    EXPECT_FALSE(AllClose(y_mixed.To(DType::kF32), y_plain, Tolerance{0, 0}));
+  }
+}
+
 TEST(LowRankAdapterTest, ZeroBLeavesTheOutputUnchanged) {
   model::CpuBackend backend;
   const Tensor x = RandomNormal({kT, kN}, DType::kF32, 1), a = RandomNormal({kR, kN}, DType::kF32, 2);
@@ -320,6 +354,17 @@ TEST(LowRankAdapterTest, RejectsBadArguments) {
   Tensor wrong_y = Tensor::Zeros({kT, kM + 1}, DType::kF32);
   EXPECT_ERROR_MENTIONS(adapter->Forward(RandomNormal({kT, kN}, DType::kF32, 1), &wrong_y), "y");
   EXPECT_ERROR_MENTIONS(adapter->Forward(RandomNormal({kT, kN}, DType::kF64, 1), &y), "x", "f32");
+  // Parameters are f32 or f64 (AdamW's dtypes); half activations need f32 parameters.
+  EXPECT_ERROR_MENTIONS(LowRankAdapter::Create(&backend, a.To(DType::kBF16), b.To(DType::kBF16), Tensor(), 1, 0)
+                            .status(),
+                        "f32/f64", "bf16");
+  auto wide = MakeAdapter(backend, a.To(DType::kF64), b.To(DType::kF64), Tensor(), 0.0);
+  Tensor y64 = Tensor::Zeros({kT, kM}, DType::kBF16);
+  EXPECT_ERROR_MENTIONS(wide->Forward(RandomNormal({kT, kN}, DType::kF32, 1).To(DType::kBF16), &y64), "bf16",
+                        "f64");
+  Tensor y_half = Tensor::Zeros({kT, kM}, DType::kF32);
+  EXPECT_ERROR_MENTIONS(adapter->Forward(RandomNormal({kT, kN}, DType::kF32, 1).To(DType::kBF16), &y_half), "y",
+                        "bf16");
   EXPECT_ERROR_MENTIONS(
       adapter->Backward(RandomNormal({kT, kN}, DType::kF32, 1), RandomNormal({kT + 1, kM}, DType::kF32, 1), &dx),
       "dy");
