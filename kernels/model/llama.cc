@@ -465,11 +465,11 @@ absl::StatusOr<Tensor> LlamaModel::Logits(const Batch& batch) {
 absl::StatusOr<std::vector<int32_t>> LlamaModel::GenerateGreedy(const std::vector<int32_t>& prompt,
                                                                 int64_t max_new_tokens,
                                                                 const std::vector<int32_t>& stop_ids) {
-  if (!backend_->device().is_cpu()) {
-    return absl::UnimplementedError("GenerateGreedy runs on the CPU backend only (the CUDA decoder is not written)");
-  }
   if (prompt.empty()) return absl::InvalidArgumentError("GenerateGreedy needs a non-empty prompt");
   have_saved_ = false;
+  if (!backend_->device().is_cpu() || backend_->activation_dtype() != DType::kF32) {
+    return GenerateGreedyWithoutCache(prompt, max_new_tokens, stop_ids);
+  }
   const int64_t d = config_.hidden_size;
   std::vector<KvCache> caches(config_.num_layers);
   std::vector<int32_t> generated;
@@ -501,6 +501,30 @@ absl::StatusOr<std::vector<int32_t>> LlamaModel::GenerateGreedy(const std::vecto
     position += n;
     if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
     step_ids = {next};
+  }
+  return generated;
+}
+
+absl::StatusOr<std::vector<int32_t>> LlamaModel::GenerateGreedyWithoutCache(const std::vector<int32_t>& prompt,
+                                                                            int64_t max_new_tokens,
+                                                                            const std::vector<int32_t>& stop_ids) {
+  std::vector<int32_t> sequence = prompt;
+  std::vector<int32_t> generated;
+  ModelBackend& b = *backend_;
+  while (static_cast<int64_t>(generated.size()) < max_new_tokens) {
+    ST_ASSIGN_OR_RETURN(const Batch batch, PackCausalLmBatch(b, {sequence}));
+    ST_ASSIGN_OR_RETURN(const Tensor hn, FinalHidden(batch, nullptr, nullptr));
+    // Only the last position's logits matter: one row of hn against the lm_head.
+    const int64_t n = hn.dim(0);
+    const Tensor last = hn.Slice(0, n - 1, n);
+    ST_ASSIGN_OR_RETURN(Tensor logits, b.Allocate({1, config_.vocab_size}, DType::kF32));
+    ST_RETURN_IF_ERROR(b.Matmul(last, Transpose::kNo, weights_.lm_head, Transpose::kYes, 1.0, 0.0, &logits));
+    ST_ASSIGN_OR_RETURN(const Tensor host, b.Download(logits));
+    const float* row = host.data<float>();
+    const int32_t next = static_cast<int32_t>(std::max_element(row, row + config_.vocab_size) - row);
+    generated.push_back(next);
+    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
+    sequence.push_back(next);
   }
   return generated;
 }

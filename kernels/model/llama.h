@@ -153,10 +153,17 @@ class LlamaModel {
   // Full logits [T, vocab] (evaluation; no state kept).
   absl::StatusOr<Tensor> Logits(const Batch& batch);
 
-  // Greedy decoding of one prompt with a KV cache: up to max_new_tokens ids, stopping after any id
-  // in stop_ids (which is included). CPU backend only for now.
+  // Greedy decoding of one prompt: up to max_new_tokens ids, stopping after any id in stop_ids
+  // (which is included). On the fp32 CPU backend with a KV cache; on other backends (CUDA) each
+  // step reruns the whole sequence without a cache (quadratic in the length: the evaluation's short
+  // answers only; a device KV cache is not written yet).
   absl::StatusOr<std::vector<int32_t>> GenerateGreedy(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
                                                       const std::vector<int32_t>& stop_ids);
+  // The same decoding without a cache on any backend: each step runs the whole sequence so far.
+  // GenerateGreedy's path off the CPU, and the reference its cached decoder is tested against.
+  absl::StatusOr<std::vector<int32_t>> GenerateGreedyWithoutCache(const std::vector<int32_t>& prompt,
+                                                                  int64_t max_new_tokens,
+                                                                  const std::vector<int32_t>& stop_ids);
 
  private:
   struct LayerActivations;

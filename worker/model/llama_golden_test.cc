@@ -2,6 +2,7 @@
 // MHA + llama3 rope): logits, loss, every linear's input and output, the gradient of every linear's
 // output and input, and of the input embeddings (tools/golden/make_llama_fixtures.py). fp32 CPU:
 // relative Frobenius error <= 1e-4.
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -154,6 +155,21 @@ TEST_P(LlamaGoldenTest, GreedyGenerationAgreesWithFullRecomputation) {
     const float* row = logits->data<float>() + (prompt.size() - 1 + i) * vocab;
     EXPECT_EQ(std::max_element(row, row + vocab) - row, (*generated)[i]) << "token " << i;
   }
+}
+
+TEST_P(LlamaGoldenTest, DecodingWithoutTheCacheGivesTheSameTokens) {
+  const std::vector<int32_t> prompt = {5, 17, 3, 42, 8};
+  auto cached = model_->GenerateGreedy(prompt, 6, {});
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  auto uncached = model_->GenerateGreedyWithoutCache(prompt, 6, {});
+  ASSERT_TRUE(uncached.ok()) << uncached.status();
+  EXPECT_EQ(*uncached, *cached);
+  // A stop id ends both after it, included.
+  const std::vector<int32_t> stop = {(*cached)[2]};
+  auto stopped = model_->GenerateGreedyWithoutCache(prompt, 6, stop);
+  ASSERT_TRUE(stopped.ok());
+  const auto first = std::find(cached->begin(), cached->end(), stop[0]);
+  EXPECT_EQ(*stopped, std::vector<int32_t>(cached->begin(), first + 1));
 }
 
 TEST_P(LlamaGoldenTest, BackwardWithoutForwardIsAnError) {
