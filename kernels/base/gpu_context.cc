@@ -7,6 +7,28 @@
 
 namespace sigmatune {
 
+namespace {
+
+// cudaMalloc, and once more after giving the idle blocks of the device's stream-ordered pool back
+// to the driver when it fails: the CUDA model backend allocates activations from that pool and
+// keeps freed blocks for reuse, which plain cudaMalloc (op workspaces, solver scratch) cannot use.
+cudaError_t MallocTrimmingThePool(int ordinal, cudaStream_t stream, void** data, size_t bytes) {
+  cudaError_t code = cudaMalloc(data, bytes);
+  if (code != cudaErrorMemoryAllocation) return code;
+  (void)cudaGetLastError();  // the failure is retried, not reported later by Synchronize
+  cudaMemPool_t pool = nullptr;
+  if (cudaDeviceGetDefaultMemPool(&pool, ordinal) != cudaSuccess || cudaStreamSynchronize(stream) != cudaSuccess ||
+      cudaMemPoolTrimTo(pool, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return code;
+  }
+  code = cudaMalloc(data, bytes);
+  if (code != cudaSuccess) (void)cudaGetLastError();
+  return code;
+}
+
+}  // namespace
+
 absl::Status CudaStatus(cudaError_t code, const char* what) {
   if (code == cudaSuccess) return absl::OkStatus();
   const std::string message =
@@ -79,7 +101,7 @@ absl::StatusOr<Tensor> GpuContext::Allocate(const Shape& shape, DType dtype) con
   const size_t bytes = static_cast<size_t>(NumElements(shape)) * SizeOf(dtype);
   void* data = nullptr;
   if (bytes > 0) {
-    const cudaError_t code = cudaMalloc(&data, bytes);
+    const cudaError_t code = MallocTrimmingThePool(ordinal_, stream_, &data, bytes);
     if (code != cudaSuccess) {
       return CudaStatus(code, absl::StrCat("cudaMalloc of ", bytes, " bytes for ", DTypeName(dtype),
                                            ShapeToString(shape))
@@ -139,7 +161,7 @@ absl::StatusOr<void*> GpuContext::Workspace(size_t bytes) {
   if (workspace_ != nullptr) ST_CUDA_RETURN_IF_ERROR(cudaFree(workspace_));
   workspace_ = nullptr;
   workspace_bytes_ = 0;
-  const cudaError_t code = cudaMalloc(&workspace_, bytes);
+  const cudaError_t code = MallocTrimmingThePool(ordinal_, stream_, &workspace_, bytes);
   if (code != cudaSuccess) {
     workspace_ = nullptr;
     return CudaStatus(code, absl::StrCat("cudaMalloc of a ", bytes, "-byte workspace").c_str());
