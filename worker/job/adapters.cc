@@ -99,6 +99,10 @@ absl::Status ReportPeakMemory(comm::Communicator& comm, const std::string& phase
 }
 
 // The tensors of an init by name: what the broadcast of a module carries.
+DType ParamDTypeFor(DType weight) {
+  return weight == DType::kBF16 || weight == DType::kF16 ? DType::kF32 : weight;
+}
+
 std::vector<std::pair<const char*, Tensor*>> InitTensors(peft::AdapterInit& init) {
   return {{"a", &init.a},           {"b", &init.b},           {"d", &init.d},          {"w_res", &init.w_res},
           {"tail_u", &init.tail_u}, {"tail_s", &init.tail_s}, {"tail_vt", &init.tail_vt}};
@@ -338,14 +342,18 @@ absl::StatusOr<std::vector<train::TrainedLinear>> Decompose(model::ModelBackend&
       }
       c = &it->second;
     }
-    // The init runs in the covariance's dtype when it is wider (f64 accumulation), then rounds once.
-    const DType compute = c != nullptr ? c->dtype() : w.dtype();
+    // The adapter's parameters are f32 on a half-precision (bf16) model and in the weight's dtype
+    // otherwise; the init runs in the covariance's dtype when there is one (f64 accumulation) and
+    // rounds once: the adapter to the parameters' dtype, W_res to the weight's.
+    const DType param = ParamDTypeFor(w.dtype());
+    const DType compute = c != nullptr ? c->dtype() : param;
     ST_ASSIGN_OR_RETURN(Tensor wc, CastTo(backend, w, compute));
     ST_ASSIGN_OR_RETURN(peft::AdapterInit init,
                         peft::InitializeAdapter(backend, options, name, wc, c, TargetSeed(seed, i)));
-    if (compute != w.dtype()) {
-      for (const auto& [unused, t] : InitTensors(init)) {
-        ST_ASSIGN_OR_RETURN(*t, CastTo(backend, *t, w.dtype()));
+    for (const auto& [unused, t] : InitTensors(init)) {
+      const DType want = t == &init.w_res ? w.dtype() : param;
+      if (t->defined() && t->dtype() != want) {
+        ST_ASSIGN_OR_RETURN(*t, CastTo(backend, *t, want));
       }
     }
     linears[i].init = std::move(init);

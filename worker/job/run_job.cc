@@ -22,6 +22,7 @@
 #include "worker/data/dataset.h"
 #include "worker/data/loader.h"
 #include "worker/job/adapters.h"
+#include "worker/job/device.h"
 #include "worker/job/model_bundle.h"
 #include "worker/job/report.h"
 #include "worker/job/spec.h"
@@ -222,6 +223,32 @@ absl::StatusOr<bool> AnyRankStopped(comm::Communicator& comm, const std::atomic<
   return flag[0] > 0;
 }
 
+// The weights on the CPU (export reads host tensors): themselves on the CPU backend, else a
+// download of each (the tied lm_head stays the same tensor as the embedding).
+absl::StatusOr<model::LlamaWeights> OnHost(const model::LlamaWeights& weights, model::ModelBackend& backend) {
+  if (backend.device().is_cpu()) return weights;
+  model::LlamaWeights host = weights;
+  auto down = [&](Tensor* t) -> absl::Status {
+    ST_ASSIGN_OR_RETURN(*t, backend.Download(*t));
+    return absl::OkStatus();
+  };
+  const bool tied = weights.lm_head.raw_data() == weights.embed.raw_data();
+  ST_RETURN_IF_ERROR(down(&host.embed));
+  for (model::LayerWeights& layer : host.layers) {
+    for (Tensor* t : {&layer.input_norm, &layer.q, &layer.k, &layer.v, &layer.o, &layer.post_norm, &layer.gate,
+                      &layer.up, &layer.down}) {
+      ST_RETURN_IF_ERROR(down(t));
+    }
+  }
+  ST_RETURN_IF_ERROR(down(&host.final_norm));
+  if (tied) {
+    host.lm_head = host.embed;
+  } else {
+    ST_RETURN_IF_ERROR(down(&host.lm_head));
+  }
+  return host;
+}
+
 }  // namespace
 
 absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& options) {
@@ -283,21 +310,18 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
 
   // --- load ---
   auto phase_start = Clock::now();
-  if (spec.device() == "cuda") {
-    return absl::UnimplementedError(
-        "device: cuda was asked for, but the CUDA model backend is not written yet (see README, Missing); use "
-        "device: cpu or auto");
-  }
-  result.device = "cpu";
-  std::unique_ptr<model::CpuBackend> backend =
-      spec.num_threads() > 0 ? std::make_unique<model::CpuBackend>(static_cast<int>(spec.num_threads()))
-                             : std::make_unique<model::CpuBackend>();
-  ST_RETURN_IF_ERROR(Message(sink, train::Phase::kLoad,
-                             absl::StrCat("job ", spec.name(), ": loading ", spec.base_model(), " on the CPU",
-                                          spec.device() == "auto" ? " (the CUDA backend is not written yet)" : "",
-                                          comm->size() > 1 ? absl::StrCat(", ", comm->size(), " ranks over ",
-                                                                         comm->name())
-                                                           : std::string())));
+  ST_ASSIGN_OR_RETURN(JobBackend opened, OpenJobBackend(spec.device(), spec.num_threads(), comm->local_rank()));
+  std::unique_ptr<model::ModelBackend> backend = std::move(opened.backend);
+  result.device = opened.device;
+  if (!opened.notice.empty()) result.notes.push_back(opened.notice);
+  ST_RETURN_IF_ERROR(Message(
+      sink, train::Phase::kLoad,
+      absl::StrCat("job ", spec.name(), ": loading ", spec.base_model(), " on ",
+                   backend->device().is_cpu() ? std::string("the CPU") : result.device,
+                   backend->device().is_cpu() ? "" : absl::StrCat(" (", DTypeName(backend->activation_dtype()), ")"),
+                   opened.notice.empty() ? "" : absl::StrCat(" (", opened.notice, ")"),
+                   comm->size() > 1 ? absl::StrCat(", ", comm->size(), " ranks over ", comm->name())
+                                    : std::string())));
   ST_ASSIGN_OR_RETURN(ModelBundle bundle, InPhase("load", LoadModelBundle(spec.base_model(), *backend)));
   ST_ASSIGN_OR_RETURN(peft::AdapterOptions adapter_options, AdapterOptionsFromSpec(spec.method()));
   absl::StatusOr<std::vector<peft::TargetModule>> targets_or =
@@ -557,7 +581,7 @@ absl::StatusOr<JobResult> RunJob(const v1::JobSpec& spec, const RunOptions& opti
     }
     inputs.linears.push_back(std::move(linear));
   }
-  inputs.weights = bundle.weights;
+  ST_ASSIGN_OR_RETURN(inputs.weights, InPhase("export", OnHost(bundle.weights, *backend)));
   train::ExportOptions export_options;
   export_options.max_position_embeddings = bundle.max_position_embeddings;
   export_options.bos_token_id = bundle.bos_token_id;
