@@ -37,6 +37,9 @@ class ModelBackend {
   // A copy of a CPU tensor on this device (the same tensor on the CPU backend is not copied).
   virtual absl::StatusOr<Tensor> Upload(const Tensor& host) = 0;
   virtual absl::StatusOr<Tensor> Download(const Tensor& t) = 0;
+  // Waits for every op enqueued so far (a device backend's ops are asynchronous; the CPU's are
+  // done when they return) and reports their asynchronous errors. For timing and hand-offs.
+  virtual absl::Status Synchronize() { return absl::OkStatus(); }
   // dst = src (same shape and dtype, contiguous).
   virtual absl::Status Copy(const Tensor& src, Tensor* dst) = 0;
   // y += alpha * x (same shape and dtype, contiguous).

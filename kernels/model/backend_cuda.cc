@@ -120,6 +120,8 @@ absl::Status CudaBackend::OutOfMemory(const Shape& shape, DType dtype, size_t by
                    " bytes for ", DTypeName(dtype), ShapeToString(shape), " (", memory, ")"));
 }
 
+absl::Status CudaBackend::Synchronize() { return ctx_->Synchronize(); }
+
 absl::StatusOr<Tensor> CudaBackend::Allocate(const Shape& shape, DType dtype) {
   // The element count with overflow checks: an absurd shape is a request that cannot fit, not UB.
   bool empty = false;

@@ -51,6 +51,7 @@ class CudaBackend final : public ModelBackend {
   absl::StatusOr<Tensor> Zeros(const Shape& shape, DType dtype) override;
   absl::StatusOr<Tensor> Upload(const Tensor& host) override;
   absl::StatusOr<Tensor> Download(const Tensor& t) override;
+  absl::Status Synchronize() override;
   absl::Status Copy(const Tensor& src, Tensor* dst) override;
   absl::Status Axpy(double alpha, const Tensor& x, Tensor* y) override;
   absl::Status Matmul(const Tensor& a, kernels::Transpose ta, const Tensor& b, kernels::Transpose tb, double alpha,
