@@ -1,23 +1,26 @@
-// The real model: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32) answers a short chat
-// prompt coherently with greedy decoding on the CPU. Runs when the file is present
-// (tools/get_smollm2.sh), else skips with the reason.
+// The real model: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32 on the CPU, to bf16 on a
+// GPU) answers a short chat prompt coherently with greedy decoding, on the CPU and on the GPU (the
+// job's CUDA backend). Runs when the file is present (tools/get_smollm2.sh), else skips with the
+// reason; the GPU case also skips without a usable GPU.
 #include <chrono>
 #include <string>
 
 #include "absl/strings/ascii.h"
 #include "formats/gguf.h"
 #include "gtest/gtest.h"
+#include "kernels/base/backend.h"
 #include "kernels/model/backend.h"
 #include "kernels/model/llama.h"
 #include "kernels/testing/model_files.h"
 #include "worker/data/tokenizer_chat_template.h"
 #include "worker/data/tokenizer_gguf.h"
+#include "worker/job/device.h"
 #include "worker/model/llama_loader.h"
 
 namespace sigmatune {
 namespace {
 
-TEST(SmolLM2Test, AnswersAChatPromptCoherently) {
+void ExpectACoherentAnswer(model::ModelBackend& backend) {
   std::string tried;
   const std::string path = testing::FindSmolLM2Gguf(&tried);
   if (path.empty()) GTEST_SKIP() << "SmolLM2 GGUF not found: " << tried;
@@ -31,7 +34,6 @@ TEST(SmolLM2Test, AnswersAChatPromptCoherently) {
   auto chat = data::ChatTemplate::FromJinja(*jinja, path);
   ASSERT_TRUE(chat.ok()) << chat.status();
 
-  model::CpuBackend backend;
   const auto start = std::chrono::steady_clock::now();
   auto loaded = LoadLlamaFromGguf(path, backend);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -54,10 +56,23 @@ TEST(SmolLM2Test, AnswersAChatPromptCoherently) {
   ASSERT_TRUE(generated.ok()) << generated.status();
   const std::string answer = tokenizer->Decode(*generated, data::SkipSpecialTokens::kYes);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("prompt tokens: %zu, generated %zu tokens in %.1f s (load included): %s\n", ids->size(),
-              generated->size(), seconds, answer.c_str());
+  std::printf("%s: prompt tokens: %zu, generated %zu tokens in %.1f s (load included): %s\n",
+              backend.device().ToString().c_str(), ids->size(), generated->size(), seconds, answer.c_str());
   EXPECT_NE(absl::AsciiStrToLower(answer).find("paris"), std::string::npos) << answer;
   EXPECT_EQ(generated->back(), *im_end) << "the answer should end its turn within 32 tokens: " << answer;
+}
+
+TEST(SmolLM2Test, AnswersAChatPromptCoherently) {
+  model::CpuBackend backend;
+  ExpectACoherentAnswer(backend);
+}
+
+TEST(SmolLM2Test, AnswersAChatPromptCoherentlyOnTheGpu) {
+  const BackendChoice choice = ChooseBackend();
+  if (choice.visible_gpus == 0) GTEST_SKIP() << "no GPU: " << choice.reason;
+  absl::StatusOr<job::JobBackend> opened = job::OpenJobBackend("cuda", 0, 0);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  ExpectACoherentAnswer(*opened->backend);
 }
 
 }  // namespace
