@@ -1,17 +1,38 @@
 #!/usr/bin/env python3
-"""CorDA adapter build, sigmatune against HF PEFT on the CPU, side by side in one run: the same
-model (fp32), the same calibration samples (real English text: the license texts Debian ships in
+"""CorDA adapter build, sigmatune against HF PEFT on the CPU or a GPU, side by side in one run: the
+same model, the same calibration samples (real English text: the license texts Debian ships in
 /usr/share/common-licenses, tokenized by the model's tokenizer, cut into windows), the same rank
 and mode, every linear of every layer targeted.
 
     bazel build -c opt //bench:corda_bench
     python bench/corda_vs_peft.py ~/.cache/sigmatune/models/SmolLM2-135M-Instruct.Q4_1.gguf \
-        [--samples 32] [--length 256] [--rank 16] [--mode ipm] [--threads 2]
+        [--samples 32] [--length 256] [--rank 16] [--mode ipm] [--threads 2] [--device cpu|cuda] \
+        [--batch-tokens 2048]
+
+GPU (a CUDA build of corda_bench, one visible GPU; the CUDA wheel of torch):
+
+    bazel build -c opt //bench:corda_bench
+    /root/venv-golden/bin/python bench/corda_vs_peft.py \
+        ~/.cache/sigmatune/models/SmolLM2-135M-Instruct.Q4_1.gguf --samples 32 --length 512 --rank 16 \
+        --device cuda
+
+--device cpu (default): both sides fp32 on the CPU, as before. --device cuda: both sides in bf16 on
+GPU 0. sigmatune: corda_bench's cuda device (bf16 weights/activations, f32 covariances, f32
+decomposition of the bf16 weight, f32 adapters). PEFT: the model loaded in bfloat16 and moved to
+cuda, preprocess_corda there (its hooks cast each input to float32, so the covariances are f32 on
+the GPU; collect_eigens takes weight.float(), damps, inverts and SVDs on the GPU and parks U/V on
+the CPU until crop_corda_eigens moves the kept columns back; corda_init builds f32 lora_A/lora_B
+and writes W_res back in bf16). Times are taken after torch.cuda.synchronize(); PEFT's peak GPU
+memory is torch.cuda.max_memory_allocated() (the statistics are reset after the model is loaded,
+so it counts the resident model plus the CorDA build), sigmatune's the high watermark of the
+device's memory pool (weights included). --device cuda without a usable GPU in torch: a one-line
+error, exit 1; corda_bench does the same for its own check.
 
 PEFT side: preprocess_corda (hooks + a batch-size-1 loop, as PEFT's examples) + get_peft_model +
 save_pretrained of the adapter. sigmatune side: //bench:corda_bench (covariances + damping +
-decomposition + adapter write). Both report wall time and peak RSS; the script then compares the
-adapters module by module (relative Frobenius error of s*B*A) and prints the time ratio.
+decomposition + adapter write). Both report wall time and peak RSS (and peak GPU memory on cuda);
+the script then compares the adapters module by module (relative Frobenius error of s*B*A, in
+float64 on the CPU) and prints the time ratio (last line).
 Needs torch, transformers, peft, gguf, safetensors (e.g. the golden-fixture virtual environment);
 never run by CI.
 """
@@ -21,6 +42,7 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -31,7 +53,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.config import CordaConfig
 from peft.tuners.lora.corda import preprocess_corda
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -67,7 +89,7 @@ def calibration_samples(tokenizer, samples, length):
     return [ids[i * length:(i + 1) * length].clone() for i in range(samples)]
 
 
-def peft_side(model, samples, rank, mode, out_dir):
+def peft_side(model, samples, rank, mode, out_dir, device):
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights="corda",
                         corda_config=CordaConfig(corda_method=mode, prune_temporary_fields=False))
 
@@ -75,12 +97,17 @@ def peft_side(model, samples, rank, mode, out_dir):
         for ids in samples:
             model(input_ids=ids[None, :])
 
-    start = time.perf_counter()
+    def now():
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    start = now()
     preprocess_corda(model, config, run_model=run_model)
-    calibrated = time.perf_counter()
+    calibrated = now()
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out_dir)
-    total = time.perf_counter() - start
+    total = now() - start
     return peft_model, calibrated - start, total
 
 
@@ -92,15 +119,36 @@ def main():
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--mode", choices=["ipm", "kpm"], default="ipm")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch-tokens", type=int, default=2048,
+                        help="corda_bench packs the samples into batches of at most this many tokens")
     parser.add_argument("--binary", default="bazel-bin/bench/corda_bench")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"corda_vs_peft: --device cuda, but torch.cuda.is_available() is false (torch "
+                 f"{torch.__version__}, CUDA {torch.version.cuda}); use --device cpu")
     torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        gpu = torch.cuda.get_device_name(0)
+        print(f"corda_vs_peft: device cuda (GPU 0: {gpu}; bf16 weights and activations, f32 covariances "
+              f"and adapters on both sides)")
+    else:
+        print("corda_vs_peft: device cpu (fp32 on both sides)")
 
     path = os.path.expanduser(args.model)
     kwargs = dict(gguf_file=os.path.basename(path)) if path.endswith(".gguf") else {}
     src = os.path.dirname(path) if path.endswith(".gguf") else path
-    tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
-    samples = calibration_samples(tokenizer, args.samples, args.length)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as e:  # a weights-only directory (tools/gpu/make_shaped_model.py)
+        tokenizer = None
+        print(f"corda_vs_peft: no tokenizer in {src} ({type(e).__name__}); calibrating on seeded random token ids")
+    if tokenizer is not None:
+        samples = calibration_samples(tokenizer, args.samples, args.length)
+    else:
+        vocab = AutoConfig.from_pretrained(src, **kwargs).vocab_size
+        g = torch.Generator().manual_seed(1234)
+        samples = [torch.randint(0, vocab, (args.length,), generator=g) for _ in range(args.samples)]
 
     with tempfile.TemporaryDirectory() as tmp:
         calib = os.path.join(tmp, "calib.safetensors")
@@ -108,26 +156,46 @@ def main():
                    "calib_cu_seqlens": torch.arange(0, args.samples + 1, dtype=torch.int32) * args.length}, calib)
         ours_dir = os.path.join(tmp, "ours")
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads))
-        ours = subprocess.run([args.binary, path, calib, str(args.rank), args.mode, ours_dir], env=env, check=True,
-                              capture_output=True, text=True).stdout.strip()
+        run = subprocess.run([args.binary, path, calib, str(args.rank), args.mode, ours_dir,
+                              str(args.batch_tokens), args.device], env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"corda_vs_peft: {args.binary} exited with {run.returncode}: {run.stderr.strip()}")
+        ours = run.stdout.strip()
         print(ours)
-        ours_s = float(ours.split("total ")[1].split(" s")[0])
+        summary = next(line for line in ours.splitlines() if line.startswith("sigmatune corda:"))
+        ours_s = float(summary.split("total ")[1].split(" s")[0])
+        ours_gpu = float(summary.split("peak GPU ")[1].split(" MiB")[0]) if "peak GPU " in summary else None
 
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs).eval()
-        original = {n: m.weight.detach().clone() for n, m in model.named_modules()
+        dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kwargs).eval().to(args.device)
+        # The base weights before CorDA rewrites them (W_res), kept on the CPU for the float64 check.
+        original = {n: m.weight.detach().to("cpu", copy=True) for n, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in TARGETS}
+        samples = [ids.to(args.device) for ids in samples]
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+            gpu_before = torch.cuda.memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
-            peft_model, calib_s, peft_s = peft_side(model, samples, args.rank, args.mode, os.path.join(tmp, "peft"))
+            peft_model, calib_s, peft_s = peft_side(model, samples, args.rank, args.mode, os.path.join(tmp, "peft"),
+                                                    args.device)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peft corda: calibrate {calib_s:.3f} s, total {peft_s:.3f} s, peak RSS {rss:.0f} MiB "
+        gpu_note = ""
+        if args.device == "cuda":
+            peft_gpu = torch.cuda.max_memory_allocated() / 2**20
+            gpu_note = f", peak GPU {peft_gpu:.0f} MiB ({gpu_before:.0f} MiB after loading the model)"
+        print(f"peft corda: calibrate {calib_s:.3f} s, total {peft_s:.3f} s, peak RSS {rss:.0f} MiB{gpu_note} "
               f"({rss_before:.0f} MiB after loading the model; torch {torch.__version__}, transformers "
               f"{transformers.__version__}, peft {peft.__version__}, {args.threads} threads, "
-              f"{args.samples} x {args.length} tokens, r={args.rank}, {args.mode})")
+              f"{args.samples} x {args.length} tokens, r={args.rank}, {args.mode}, {args.device})")
 
         # Accuracy: both adapters against the exact answer (PEFT's algorithm replayed in float64 on
         # PEFT's covariance), for every module where the two disagree by more than 1e-3 and every
-        # 7th other one (a float64 replay of all of them takes minutes).
+        # 7th other one (a float64 replay of all of them takes minutes). Everything is moved to the
+        # CPU in float64 first. On cuda the exact answer is taken on the bf16 weights both sides
+        # decompose, but on PEFT's covariance: sigmatune's own (from its bf16 forward pass) differs
+        # from it by the two engines' bf16 rounding, which its error here therefore includes.
         ours_w = load_file(os.path.join(ours_dir, "adapter_model.safetensors"))
         rows = []
         for i, (name, module) in enumerate(peft_model.named_modules()):
@@ -135,13 +203,15 @@ def main():
                 continue
             key = name.replace("base_model.model.", "", 1)
             scale = module.scaling["default"]
-            theirs = (scale * (module.lora_B["default"].weight @ module.lora_A["default"].weight)).double()
+            product = module.lora_B["default"].weight @ module.lora_A["default"].weight
+            theirs = (scale * product).detach().cpu().double()
             a = ours_w[f"base_model.model.{key}.lora_A.weight"].double()
             b = ours_w[f"base_model.model.{key}.lora_B.weight"].double()
             mine = scale * (b @ a)
             apart = float((mine - theirs).norm() / theirs.norm())
             if apart > 1e-3 or len(rows) % 7 == 0:
-                exact = corda_f64(original[key], module.base_layer.covariance_matrix, args.rank, args.mode, scale)
+                exact = corda_f64(original[key], module.base_layer.covariance_matrix.cpu(), args.rank, args.mode,
+                                  scale)
                 rows.append((key, apart, float((mine - exact).norm() / exact.norm()),
                              float((theirs - exact).norm() / exact.norm())))
         print(f"adapter accuracy vs the exact (float64) answer over {len(rows)} checked modules:")
@@ -150,6 +220,8 @@ def main():
         for key, apart, mine_err, theirs_err in sorted(rows, key=lambda r: -r[1])[:3]:
             print(f"  most apart: {key}: sigmatune vs peft {apart:.2e}; vs exact: sigmatune {mine_err:.2e}, "
                   f"peft {theirs_err:.2e}")
+        if ours_gpu is not None:
+            print(f"ratio sigmatune/peft peak GPU memory: {ours_gpu / peft_gpu:.3f}")
         print(f"ratio sigmatune/peft wall time: {ours_s / peft_s:.3f}")
 
 

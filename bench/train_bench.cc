@@ -1,17 +1,29 @@
-// LoRA training throughput of the LLaMA engine on the CPU (fp32): one training step = forward +
-// loss + backward + AdamW step with gradient clipping + zero grad, on a fixed random batch of
-// `sequences` sequences of `length` tokens, packed. LoRA on all 7 projections of every layer
-// (peft::InitializeAdapter kLora: A Kaiming-uniform, B = 0; dropout 0), train::AdamW (weight
-// decay 0, max_grad_norm 1.0). Step 0 warms up and is not timed. Prints, parseably:
+// LoRA training throughput of the LLaMA engine: one training step = forward + loss + backward +
+// AdamW step with gradient clipping + zero grad, on a fixed random batch of `sequences` sequences
+// of `length` tokens, packed. LoRA on all 7 projections of every layer (peft::InitializeAdapter
+// kLora: A Kaiming-uniform, B = 0; dropout 0), train::AdamW (weight decay 0, max_grad_norm 1.0).
+// Step 0 warms up and is not timed.
+//   device cpu (the default): the fp32 CPU backend with `threads` threads (and OpenBLAS's).
+//   device cuda: GPU 0 through job::OpenJobBackend("cuda"): bf16 base weights and activations
+//     with f32 LoRA parameters, gradients and AdamW state (as PEFT on a bf16 model); A is drawn on
+//     the host exactly as on the CPU and uploaded in f32. Every phase is timed up to
+//     ModelBackend::Synchronize() (the GPU's ops are asynchronous); `threads` is not used. Without
+//     a usable GPU it prints the reason and exits 1.
+// Prints, parseably:
 //   sigmatune train: <tokens/s> tok/s, <s>/step, peak RSS <MiB> MiB (median of N steps, ...)
 //   sigmatune phases (median s): forward <s> backward <s> optimizer <s> zero_grad <s>
 //   sigmatune adapters (median s, inside forward/backward): forward <s> backward <s>
 //   sigmatune loss: first <loss> last <loss>
+// On cuda the first line reads "..., peak RSS <MiB> MiB, GPU peak <MiB> MiB (median of ...": the
+// high-water mark of the device's default memory pool, which CudaBackend allocates every tensor
+// from (cuBLAS's and the context's workspaces, allocated with cudaMalloc, are not in it); and the
+// adapters line says the adapters are not timed apart (timing them would need a synchronisation
+// per call, 420 per step, which would change what is measured).
 // bench/train_vs_peft.py runs this and PyTorch + PEFT on the same model and batch shape, side by
 // side, in separate processes.
 //   bazel build -c opt //bench:train_bench
 //   bazel-bin/bench/train_bench <model.gguf | hf_dir> [sequences=4] [length=128] [steps=20] [threads=2]
-//       [lr=1e-4] [rank=16] [alpha=32]
+//       [lr=1e-4] [rank=16] [alpha=32] [device=cpu|cuda]
 #include <cblas.h>
 #include <sys/resource.h>
 
@@ -24,6 +36,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/base/dtype.h"
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/model/backend.h"
@@ -31,8 +44,13 @@
 #include "kernels/peft/adapter.h"
 #include "kernels/peft/init.h"
 #include "kernels/peft/method.h"
+#include "worker/job/device.h"
 #include "worker/model/llama_loader.h"
 #include "worker/train/optimizer.h"
+
+#if SIGMATUNE_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace sigmatune {
 namespace {
@@ -45,6 +63,25 @@ double PeakRssMiB() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss / 1024.0;  // Linux: KiB
+}
+
+// The high-water mark in MiB of the default memory pool of `backend`'s GPU (where CudaBackend's
+// cudaMallocAsync allocations come from); -1 on the CPU or where it cannot be read.
+double GpuPeakMiB(const model::ModelBackend& backend) {
+#if SIGMATUNE_WITH_CUDA
+  const Device device = backend.device();
+  if (!device.is_cuda()) return -1;
+  cudaMemPool_t pool = nullptr;
+  uint64_t high = 0;
+  if (cudaDeviceGetDefaultMemPool(&pool, device.ordinal) != cudaSuccess ||
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) != cudaSuccess) {
+    return -1;
+  }
+  return static_cast<double>(high) / (1024.0 * 1024.0);
+#else
+  (void)backend;
+  return -1;
+#endif
 }
 
 double Median(std::vector<double> v) {
@@ -86,12 +123,40 @@ struct Options {
   double lr = 1e-4;
   int64_t rank = 16;
   double alpha = 32.0;
+  std::string device = "cpu";  // or "cuda"
 };
 
+// The LoRA init of one linear on a device backend whose weights are in a half-precision dtype:
+// the init runs on the host in f32 (kLora draws A from Rng(seed) and sets B = 0 whatever W holds,
+// so a zero W of the same shape gives the CPU run's A and B bit for bit) and A and B are uploaded
+// as f32, the adapters' parameter dtype on a bf16 model.
+absl::StatusOr<peft::AdapterInit> HostLoraInit(model::ModelBackend& backend, model::CpuBackend& host,
+                                               const peft::AdapterOptions& options, const std::string& name,
+                                               const Shape& w_shape, uint64_t seed) {
+  const Tensor w = Tensor::Zeros(w_shape, DType::kF32);
+  ST_ASSIGN_OR_RETURN(peft::AdapterInit init,
+                      peft::InitializeAdapter(host, options, name, w, /*covariance=*/nullptr, seed));
+  peft::AdapterInit out;
+  ST_ASSIGN_OR_RETURN(out.a, backend.Upload(init.a));
+  ST_ASSIGN_OR_RETURN(out.b, backend.Upload(init.b));
+  out.scale = init.scale;
+  return out;
+}
+
 absl::Status Run(const Options& opt) {
-  openblas_set_num_threads(opt.threads);
-  model::CpuBackend backend(opt.threads);
+  const bool cuda = opt.device == "cuda";
+  std::unique_ptr<model::ModelBackend> owned_backend;
+  if (!cuda) {
+    openblas_set_num_threads(opt.threads);
+    owned_backend = std::make_unique<model::CpuBackend>(opt.threads);
+  } else {
+    ST_ASSIGN_OR_RETURN(job::JobBackend opened, job::OpenJobBackend("cuda", /*num_threads=*/0, /*local_rank=*/0));
+    owned_backend = std::move(opened.backend);
+  }
+  model::ModelBackend& backend = *owned_backend;
   auto start = Clock::now();
+  // The host backend of the device run's adapter init (HostLoraInit).
+  std::unique_ptr<model::CpuBackend> host_backend = cuda ? std::make_unique<model::CpuBackend>(1) : nullptr;
   const std::string& path = opt.model_path;
   const bool gguf = path.size() > 5 && path.substr(path.size() - 5) == ".gguf";
   ST_ASSIGN_OR_RETURN(LoadedLlama loaded,
@@ -113,13 +178,22 @@ absl::Status Run(const Options& opt) {
     for (model::LinearKind kind : model::kAllLinears) {
       const std::string name = model::LinearName(layer, kind);
       const Tensor& w = loaded.weights.layers[layer].linear(kind);
-      ST_ASSIGN_OR_RETURN(peft::AdapterInit init,
-                          peft::InitializeAdapter(backend, adapter_options, name, w, /*covariance=*/nullptr,
-                                                  /*seed=*/static_cast<uint64_t>(adapters.size())));
+      const uint64_t seed = static_cast<uint64_t>(adapters.size());
+      peft::AdapterInit init;
+      if (!cuda) {
+        ST_ASSIGN_OR_RETURN(init, peft::InitializeAdapter(backend, adapter_options, name, w, /*covariance=*/nullptr,
+                                                          seed));
+      } else {
+        ST_ASSIGN_OR_RETURN(init, HostLoraInit(backend, *host_backend, adapter_options, name, w.shape(), seed));
+      }
       ST_ASSIGN_OR_RETURN(auto adapter, peft::LowRankAdapter::Create(&backend, init.a, init.b, Tensor(), init.scale,
                                                                      adapter_options.dropout));
-      timed.push_back(std::make_unique<TimedAdapter>(adapter.get(), &adapter_forward_s, &adapter_backward_s));
-      llama->SetAdapter(layer, kind, timed.back().get());
+      if (!cuda) {
+        timed.push_back(std::make_unique<TimedAdapter>(adapter.get(), &adapter_forward_s, &adapter_backward_s));
+        llama->SetAdapter(layer, kind, timed.back().get());
+      } else {
+        llama->SetAdapter(layer, kind, adapter.get());
+      }
       params.push_back({name + ".lora_A", &adapter->a(), &adapter->grad_a()});
       params.push_back({name + ".lora_B", &adapter->b(), &adapter->grad_b()});
       trainable += adapter->a().numel() + adapter->b().numel();
@@ -131,9 +205,18 @@ absl::Status Run(const Options& opt) {
   adamw.weight_decay = 0.0;
   adamw.max_grad_norm = 1.0;
   ST_ASSIGN_OR_RETURN(auto optimizer, train::AdamW::Create(&backend, params, adamw));
-  std::printf("sigmatune setup: %.3f s (not counted; %zu adapters, %lld trainable parameters, %d threads, "
-              "peak RSS so far %.0f MiB)\n",
-              Seconds(start), adapters.size(), static_cast<long long>(trainable), opt.threads, PeakRssMiB());
+  ST_RETURN_IF_ERROR(backend.Synchronize());
+  if (!cuda) {
+    std::printf("sigmatune setup: %.3f s (not counted; %zu adapters, %lld trainable parameters, %d threads, "
+                "peak RSS so far %.0f MiB)\n",
+                Seconds(start), adapters.size(), static_cast<long long>(trainable), opt.threads, PeakRssMiB());
+  } else {
+    std::printf("sigmatune setup: %.3f s (not counted; %zu adapters, %lld trainable parameters, %s %s with %s "
+                "adapters, peak RSS so far %.0f MiB, GPU peak so far %.0f MiB)\n",
+                Seconds(start), adapters.size(), static_cast<long long>(trainable),
+                backend.device().ToString().c_str(), std::string(DTypeName(backend.activation_dtype())).c_str(),
+                adapters.empty() ? "no" : std::string(DTypeName(adapters.front()->a().dtype())).c_str(), PeakRssMiB(), GpuPeakMiB(backend));
+  }
 
   // The same ids as bench/llama_bench.cc: Rng(1234).Next() % vocab, sequence by sequence.
   Rng rng(1234);
@@ -147,18 +230,24 @@ absl::Status Run(const Options& opt) {
   double first_loss = 0, last_loss = 0, last_norm = 0;
   for (int step = 0; step <= opt.steps; ++step) {  // step 0 warms up
     adapter_forward_s = adapter_backward_s = 0;
+    // Every phase ends when its ops have run: Synchronize() waits for a device backend's
+    // asynchronous ops (and returns at once on the CPU).
     const auto step_start = Clock::now();
     auto phase = step_start;
     ST_ASSIGN_OR_RETURN(model::ForwardResult result, llama->Forward(batch));
+    ST_RETURN_IF_ERROR(backend.Synchronize());
     const double fwd = Seconds(phase);
     phase = Clock::now();
     ST_RETURN_IF_ERROR(llama->Backward().status());
+    ST_RETURN_IF_ERROR(backend.Synchronize());
     const double bwd = Seconds(phase);
     phase = Clock::now();
     ST_ASSIGN_OR_RETURN(train::AdamW::StepStats stats, optimizer->Step(opt.lr, /*grad_scale=*/1.0));
+    ST_RETURN_IF_ERROR(backend.Synchronize());
     const double opt_s = Seconds(phase);
     phase = Clock::now();
     for (auto& adapter : adapters) ST_RETURN_IF_ERROR(adapter->ZeroGrad());
+    ST_RETURN_IF_ERROR(backend.Synchronize());
     const double zero = Seconds(phase);
     const double total = Seconds(step_start);
     if (step == 0) first_loss = result.loss;
@@ -175,14 +264,21 @@ absl::Status Run(const Options& opt) {
   }
   const double median = Median(step_s);
   const int tokens = opt.sequences * opt.length;
-  std::printf("sigmatune train: %.1f tok/s, %.4f s/step, peak RSS %.0f MiB (median of %d steps, %d tokens/step, "
+  char gpu_peak[64] = "";
+  if (cuda) std::snprintf(gpu_peak, sizeof(gpu_peak), ", GPU peak %.0f MiB", GpuPeakMiB(backend));
+  std::printf("sigmatune train: %.1f tok/s, %.4f s/step, peak RSS %.0f MiB%s (median of %d steps, %d tokens/step, "
               "min %.4f max %.4f s)\n",
-              tokens / median, median, PeakRssMiB(), opt.steps, tokens, *std::min_element(step_s.begin(), step_s.end()),
-              *std::max_element(step_s.begin(), step_s.end()));
+              tokens / median, median, PeakRssMiB(), gpu_peak, opt.steps, tokens,
+              *std::min_element(step_s.begin(), step_s.end()), *std::max_element(step_s.begin(), step_s.end()));
   std::printf("sigmatune phases (median s): forward %.4f backward %.4f optimizer %.4f zero_grad %.4f\n",
               Median(forward_s), Median(backward_s), Median(optimizer_s), Median(zero_s));
-  std::printf("sigmatune adapters (median s, inside forward/backward): forward %.4f backward %.4f\n",
-              Median(adapter_fwd_s), Median(adapter_bwd_s));
+  if (!cuda) {
+    std::printf("sigmatune adapters (median s, inside forward/backward): forward %.4f backward %.4f\n",
+                Median(adapter_fwd_s), Median(adapter_bwd_s));
+  } else {
+    std::printf("sigmatune adapters (median s, inside forward/backward): not timed apart on %s (asynchronous ops)\n",
+                backend.device().ToString().c_str());
+  }
   std::printf("sigmatune loss: first %.4f last %.4f (grad norm at the last step %.4f)\n", first_loss, last_loss,
               last_norm);
   return absl::OkStatus();
@@ -195,7 +291,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: train_bench <model.gguf | hf_dir> [sequences=4] [length=128] [steps=20] [threads=2] "
-                 "[lr=1e-4] [rank=16] [alpha=32]\n");
+                 "[lr=1e-4] [rank=16] [alpha=32] [device=cpu|cuda]\n");
     return 2;
   }
   sigmatune::Options opt;
@@ -207,6 +303,11 @@ int main(int argc, char** argv) {
   if (argc > 6) opt.lr = std::atof(argv[6]);
   if (argc > 7) opt.rank = std::atoll(argv[7]);
   if (argc > 8) opt.alpha = std::atof(argv[8]);
+  if (argc > 9) opt.device = argv[9];
+  if (opt.device != "cpu" && opt.device != "cuda") {
+    std::fprintf(stderr, "train_bench: device must be cpu or cuda, got \"%s\"\n", opt.device.c_str());
+    return 2;
+  }
   if (opt.sequences < 1 || opt.length < 2 || opt.steps < 1 || opt.threads < 1 || opt.rank < 1) {
     std::fprintf(stderr, "train_bench: sequences >= 1, length >= 2, steps >= 1, threads >= 1, rank >= 1\n");
     return 2;
