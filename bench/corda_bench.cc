@@ -42,10 +42,6 @@
 #include "worker/job/device.h"
 #include "worker/model/llama_loader.h"
 
-#if SIGMATUNE_WITH_CUDA
-#include <cuda_runtime_api.h>
-#endif
-
 namespace sigmatune {
 namespace {
 
@@ -57,25 +53,6 @@ double PeakRssMiB() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss / 1024.0;
-}
-
-// The high watermark of CUDA device `ordinal`'s default memory pool (cudaMemPoolAttrUsedMemHigh),
-// in MiB: the CudaBackend allocates every tensor from that pool.
-absl::StatusOr<double> PeakGpuMiB(int ordinal) {
-#if SIGMATUNE_WITH_CUDA
-  cudaMemPool_t pool = nullptr;
-  cudaError_t code = cudaDeviceGetDefaultMemPool(&pool, ordinal);
-  uint64_t high = 0;
-  if (code == cudaSuccess) code = cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high);
-  if (code != cudaSuccess) {
-    return absl::InternalError(absl::StrCat("reading the peak GPU memory of cuda:", ordinal, ": ",
-                                            cudaGetErrorName(code), ": ", cudaGetErrorString(code)));
-  }
-  return static_cast<double>(high) / (1024.0 * 1024.0);
-#else
-  (void)ordinal;
-  return absl::FailedPreconditionError("peak GPU memory: built without CUDA");
-#endif
 }
 
 // `t` in `dtype` (the same tensor when it already is).
@@ -196,7 +173,8 @@ absl::Status Run(const std::string& model_path, const std::string& calib_path, i
   ST_RETURN_IF_ERROR(backend.Synchronize());
   std::printf("sigmatune write: %.3f s\n", Seconds(start));
   if (on_gpu) {
-    ST_ASSIGN_OR_RETURN(double gpu_mib, PeakGpuMiB(backend.device().ordinal));
+    ST_ASSIGN_OR_RETURN(const int64_t gpu_bytes, backend.PeakDeviceBytes());
+    const double gpu_mib = static_cast<double>(gpu_bytes) / (1024.0 * 1024.0);
     std::printf("sigmatune corda: total %.3f s, peak RSS %.0f MiB, peak GPU %.0f MiB\n", Seconds(total_start),
                 PeakRssMiB(), gpu_mib);
   } else {

@@ -48,10 +48,6 @@
 #include "worker/model/llama_loader.h"
 #include "worker/train/optimizer.h"
 
-#if SIGMATUNE_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
-
 namespace sigmatune {
 namespace {
 
@@ -65,23 +61,10 @@ double PeakRssMiB() {
   return usage.ru_maxrss / 1024.0;  // Linux: KiB
 }
 
-// The high-water mark in MiB of the default memory pool of `backend`'s GPU (where CudaBackend's
-// cudaMallocAsync allocations come from); -1 on the CPU or where it cannot be read.
+// The backend's peak device memory in MiB; -1 on the CPU or where it cannot be read.
 double GpuPeakMiB(const model::ModelBackend& backend) {
-#if SIGMATUNE_WITH_CUDA
-  const Device device = backend.device();
-  if (!device.is_cuda()) return -1;
-  cudaMemPool_t pool = nullptr;
-  uint64_t high = 0;
-  if (cudaDeviceGetDefaultMemPool(&pool, device.ordinal) != cudaSuccess ||
-      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) != cudaSuccess) {
-    return -1;
-  }
-  return static_cast<double>(high) / (1024.0 * 1024.0);
-#else
-  (void)backend;
-  return -1;
-#endif
+  const absl::StatusOr<int64_t> bytes = backend.PeakDeviceBytes();
+  return bytes.ok() ? static_cast<double>(*bytes) / (1024.0 * 1024.0) : -1;
 }
 
 double Median(std::vector<double> v) {

@@ -40,6 +40,11 @@ class ModelBackend {
   // Waits for every op enqueued so far (a device backend's ops are asynchronous; the CPU's are
   // done when they return) and reports their asynchronous errors. For timing and hand-offs.
   virtual absl::Status Synchronize() { return absl::OkStatus(); }
+  // The most device memory this backend's tensors held at once so far, in bytes (for reports);
+  // Unimplemented on a host backend.
+  virtual absl::StatusOr<int64_t> PeakDeviceBytes() const {
+    return absl::UnimplementedError("a host backend has no device memory");
+  }
   // dst = src (same shape and dtype, contiguous).
   virtual absl::Status Copy(const Tensor& src, Tensor* dst) = 0;
   // y += alpha * x (same shape and dtype, contiguous).

@@ -122,6 +122,16 @@ absl::Status CudaBackend::OutOfMemory(const Shape& shape, DType dtype, size_t by
 
 absl::Status CudaBackend::Synchronize() { return ctx_->Synchronize(); }
 
+absl::StatusOr<int64_t> CudaBackend::PeakDeviceBytes() const {
+  uint64_t high = 0;
+  const cudaError_t code = cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &high);
+  if (code != cudaSuccess) {
+    ClearLastError();
+    return CudaStatus(code, "cudaMemPoolGetAttribute(cudaMemPoolAttrUsedMemHigh)");
+  }
+  return static_cast<int64_t>(high);
+}
+
 absl::StatusOr<Tensor> CudaBackend::Allocate(const Shape& shape, DType dtype) {
   // The element count with overflow checks: an absurd shape is a request that cannot fit, not UB.
   bool empty = false;

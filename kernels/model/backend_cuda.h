@@ -52,6 +52,9 @@ class CudaBackend final : public ModelBackend {
   absl::StatusOr<Tensor> Upload(const Tensor& host) override;
   absl::StatusOr<Tensor> Download(const Tensor& t) override;
   absl::Status Synchronize() override;
+  // The high-water mark of the device's default pool (cudaMemPoolAttrUsedMemHigh), where every
+  // tensor of this backend is allocated; op workspaces (plain cudaMalloc) are not counted.
+  absl::StatusOr<int64_t> PeakDeviceBytes() const override;
   absl::Status Copy(const Tensor& src, Tensor* dst) override;
   absl::Status Axpy(double alpha, const Tensor& x, Tensor* y) override;
   absl::Status Matmul(const Tensor& a, kernels::Transpose ta, const Tensor& b, kernels::Transpose tb, double alpha,

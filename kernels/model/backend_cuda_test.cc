@@ -197,6 +197,15 @@ TEST_F(CudaBackendTest, AllocateAndZerosGiveContiguousDeviceTensors) {
   EXPECT_EQ(gpu_->Allocate({2, -1}, DType::kF32).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(CudaBackendTest, PeakDeviceBytesCoversWhatWasHeld) {
+  {
+    ASSERT_OK_AND_ASSIGN(const Tensor big, gpu_->Zeros({64, 1024, 1024}, DType::kF32));  // 256 MiB
+    ASSERT_TRUE(gpu_->Synchronize().ok());
+  }
+  ASSERT_OK_AND_ASSIGN(const int64_t peak, gpu_->PeakDeviceBytes());
+  EXPECT_GE(peak, int64_t{256} << 20);
+}
+
 TEST_F(CudaBackendTest, ZeroElementTensorsWork) {
   ASSERT_OK_AND_ASSIGN(Tensor a, gpu_->Allocate({0, 4}, DType::kF32));
   EXPECT_EQ(a.numel(), 0);

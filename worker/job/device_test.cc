@@ -19,6 +19,8 @@ TEST(OpenJobBackendTest, CpuIsTheFp32CpuBackend) {
   EXPECT_TRUE(opened->backend->device().is_cpu());
   EXPECT_EQ(opened->backend->activation_dtype(), DType::kF32);
   EXPECT_TRUE(opened->notice.empty());
+  // A host backend reports no device memory.
+  EXPECT_EQ(opened->backend->PeakDeviceBytes().status().code(), absl::StatusCode::kUnimplemented);
 }
 
 TEST(OpenJobBackendTest, AutoUsesTheGpuWhenThereIsOneElseSaysWhy) {
