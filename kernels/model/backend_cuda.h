@@ -13,7 +13,8 @@
 //
 // Memory: Allocate/Zeros hand out stream-ordered allocations (cudaMallocAsync from the device's
 // default pool, whose release threshold is raised so freed blocks are reused instead of returned
-// to the driver); a tensor's memory is freed on the stream when its last reference goes away.
+// to the driver); a tensor's memory is freed on the stream when its last reference goes away (a
+// tensor may outlive the backend: the destructor drains the stream, later frees are plain).
 // ResourceExhausted names the request and the free/total device memory when the device is full.
 //
 // Synchronisation: ops are only enqueued; the methods that return a host value (DiagonalMean,

@@ -13,6 +13,10 @@ cd "$(dirname "$0")/../.."
 # device choice, SmolLM2 on the GPU) and the benchmarks with a GPU mode.
 mapfile -t tests < <(bazel query --noshow_progress \
   'kind(cc_test, //kernels/ops:* + //kernels/base:backend_test + //kernels/model:* + //worker/model:llama_cuda_test + //worker/model:llama_golden_test + //worker/model:smollm2_test + //worker/job:device_test)' 2>/dev/null)
+if [ "${#tests[@]}" -eq 0 ]; then
+  echo "tools/gpu/pack.sh: bazel query found no tests (run it from a checkout where bazel works)" >&2
+  exit 1
+fi
 benches=(//bench:gpu_bench //bench:llama_bench //bench:train_bench //bench:corda_bench)
 bazel build -c opt "${tests[@]}" "${benches[@]}"
 

@@ -98,11 +98,13 @@ absl::Status ReportPeakMemory(comm::Communicator& comm, const std::string& phase
   return Emit(sink, train::Phase::kCalibrate, 0, 0, 0, message);
 }
 
-// The tensors of an init by name: what the broadcast of a module carries.
+// The dtype of an adapter's parameters on a weight of `weight`'s dtype: f32 on a half-precision
+// model (AdamW steps f32 and f64 only), the weight's own otherwise.
 DType ParamDTypeFor(DType weight) {
   return weight == DType::kBF16 || weight == DType::kF16 ? DType::kF32 : weight;
 }
 
+// The tensors of an init by name: what the broadcast of a module carries.
 std::vector<std::pair<const char*, Tensor*>> InitTensors(peft::AdapterInit& init) {
   return {{"a", &init.a},           {"b", &init.b},           {"d", &init.d},          {"w_res", &init.w_res},
           {"tail_u", &init.tail_u}, {"tail_s", &init.tail_s}, {"tail_vt", &init.tail_vt}};
